@@ -1,0 +1,65 @@
+"""Authenticates API requests by client key (``Authorization: Bearer``, ``x-api-key`` or ``api-key``).
+
+With no key configured at all, the gateway is not an open proxy: it serves loopback
+clients only (and the CLI binds 127.0.0.1). Keys are looked up through the runtime's
+``KeyLookup``, never logged, and never echoed back in an error.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.context import SCOPE_KEY
+from proxy.errors import ProxyError
+
+__all__ = ["AuthMiddleware"]
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost", "testclient"})
+
+
+def _presented_key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name in (b"x-api-key", b"api-key") and value:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _is_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    return client is None or client[0] in _LOOPBACK or client[0].startswith("127.")
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = scope.get("state", {}).get(SCOPE_KEY) if scope["type"] == "http" else None
+        if ctx is None or not ctx.endpoint:
+            await self.app(scope, receive, send)
+            return
+        keys = ctx.runtime.keys
+        if keys.open:
+            if not _is_loopback(scope):
+                raise ProxyError(
+                    401,
+                    "This gateway has no client keys configured and only serves local clients.",
+                    code="invalid_api_key",
+                )
+        else:
+            key = _presented_key(scope)
+            if key is None:
+                raise ProxyError(
+                    401,
+                    "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
+                    code="missing_api_key",
+                )
+            identity = keys.lookup(key)
+            if identity is None:
+                raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
+            ctx.client = identity
+        await self.app(scope, receive, send)

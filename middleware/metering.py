@@ -1,0 +1,51 @@
+"""Cost metering: prices the usage a response reported and measures the gateway's own time.
+
+``x-llm-proxy-overhead-ms`` on the response is the time from request arrival to response
+start minus the time spent waiting on the upstream — what the gateway itself added. Cost
+is computed once the response has ended (a stream's usage arrives last) from the catalog,
+with the serving provider's prices first and the model creator's after.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.context import SCOPE_KEY, RequestContext
+
+__all__ = ["MeteringMiddleware", "price"]
+
+
+def price(ctx: RequestContext) -> float | None:
+    if ctx.usage is None or ctx.target is None:
+        return None
+    provider = ctx.runtime.providers[ctx.target.provider]
+    return ctx.runtime.catalog.cost(ctx.target.model, provider.catalog_id, ctx.usage)
+
+
+class MeteringMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = scope.get("state", {}).get(SCOPE_KEY) if scope["type"] == "http" else None
+        if ctx is None or not ctx.endpoint:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_overhead(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                overhead = (time.perf_counter() - ctx.started) - ctx.upstream_elapsed
+                ctx.overhead_ms = overhead * 1000.0
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-llm-proxy-overhead-ms", b"%.3f" % ctx.overhead_ms),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_overhead)
+        finally:
+            ctx.cost = price(ctx)

@@ -1,0 +1,91 @@
+"""Outermost layer: request id, the per-request context, error shaping and the request log.
+
+Any failure below becomes an OpenAI-shaped JSON error (never a traceback) as long as the
+response has not started, every response carries ``x-request-id``, and every API request
+is handed to the request log exactly once, whatever happened to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy import metrics
+from proxy.asgi import endpoint_name, header, route_path
+from proxy.context import SCOPE_KEY, RequestContext
+from proxy.errors import ProxyError, send_error
+from proxy.runtime import RuntimeHolder
+from proxy.telemetry import finish_request
+
+__all__ = ["RequestContextMiddleware"]
+
+logger = logging.getLogger("llm_proxy")
+
+_VALID_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def _request_id(scope: Scope) -> str:
+    given = header(scope, b"x-request-id")
+    if given is not None and _VALID_ID.fullmatch(given):
+        return given.decode()
+    return "req_" + os.urandom(12).hex()
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, holder: RuntimeHolder) -> None:
+        self.app = app
+        self.holder = holder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        endpoint = endpoint_name(route_path(scope))
+        request_id = _request_id(scope)
+        rid_header = (b"x-request-id", request_id.encode())
+        ctx = RequestContext(request_id, self.holder.current, endpoint or "", started=started)
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state[SCOPE_KEY] = ctx
+        response_started = False
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                if not ctx.status:
+                    ctx.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        if endpoint is not None:
+            metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ProxyError as exc:
+            if not response_started:
+                ctx.fail(exc.status, exc.type, exc.message)
+                await send_error(send_with_id, exc)
+        except Exception:
+            logger.exception("unhandled error in request %s", request_id)
+            ctx.fail(500, "server_error", "internal error")
+            if not response_started:
+                await send_error(
+                    send_with_id,
+                    ProxyError(500, "The server had an error while processing your request.", type="server_error"),
+                )
+        finally:
+            if endpoint is not None:
+                metrics.IN_FLIGHT.dec()
+                ctx.finished_at = time.perf_counter()
+                try:
+                    finish_request(ctx)
+                except Exception:  # logging must never turn a served request into a failure
+                    logger.exception("could not record request %s", request_id)

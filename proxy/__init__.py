@@ -1,0 +1,15 @@
+"""llm-proxy: an LLM gateway speaking the OpenAI API in front of many providers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_app"]
+
+
+def __getattr__(name: str):  # keep `import proxy.config` light; the app pulls in everything
+    if name == "create_app":
+        from proxy.app import create_app
+
+        return create_app
+    raise AttributeError(name)

@@ -1,0 +1,351 @@
+"""Configuration: YAML → typed, frozen dataclasses, validated strictly before serving.
+
+Loading runs in three steps so a user sees every mistake at once: ``${VAR}`` interpolation,
+``LLM_PROXY__SECTION__KEY`` environment overrides, then a schema walk over the dataclasses
+below that collects every unknown key and bad value with its path instead of stopping
+at the first one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "AuthConfig",
+    "ClientKeyConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "PriceConfig",
+    "ProviderConfig",
+    "RequestLogConfig",
+    "ServerConfig",
+    "TimeoutConfig",
+    "ENV_PREFIX",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+]
+
+ENV_PREFIX = "LLM_PROXY__"
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, one line each."""
+
+    def __init__(self, errors: list[str], source: str = "config") -> None:
+        self.errors = errors
+        super().__init__(f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    max_body_mb: float = 32.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    path: str = "data/llm_proxy.db"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogConfig:
+    queue_size: int = 50_000
+    batch_size: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeyConfig:
+    key: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    master_key: str = ""
+    keys: tuple[ClientKeyConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutConfig:
+    """Seconds. ``read`` is the longest silence allowed between two chunks of a response;
+    ``total`` caps the whole upstream exchange (``null`` for none)."""
+
+    connect: float = 10.0
+    read: float = 300.0
+    write: float = 60.0
+    total: float | None = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class PriceConfig:
+    """USD per 1M tokens, like the catalog."""
+
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write: float | None = None
+    reasoning: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    base_url: str
+    type: Literal["openai"] = "openai"
+    api_key: str = ""
+    api_key_required: bool = True
+    enabled: bool = True
+    models: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    timeouts: TimeoutConfig = TimeoutConfig()
+    prices: dict[str, PriceConfig] = field(default_factory=dict)
+    catalog_provider: str | None = None
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
+    auth: AuthConfig = AuthConfig()
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    plugins: tuple[dict[str, Any], ...] = ()
+    # which env vars were referenced but unset, by dotted path (e.g. providers.openai.api_key)
+    missing_env: dict[str, str] = field(default_factory=dict)
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("LLM_PROXY_CONFIG", "config.yaml"))
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"invalid YAML: {exc}"], str(path)) from None
+    return parse_config(raw or {}, environ, source=str(path))
+
+
+def parse_config(
+    raw: Mapping[str, Any], environ: Mapping[str, str] | None = None, source: str = "config"
+) -> Config:
+    env = os.environ if environ is None else environ
+    errors: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError(["top level: expected a mapping"], source)
+    missing: dict[str, str] = {}
+    tree = _interpolate(raw, env, "", missing)
+    _apply_env_overrides(tree, env, errors)
+    tree.pop("missing_env", None)
+    config = _convert(tree, Config, "", errors)
+    if not errors:
+        _check_references(config, errors)
+    if errors:
+        raise ConfigError(errors, source)
+    return dataclasses.replace(config, missing_env=missing)
+
+
+# -- interpolation and overrides ------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, env: Mapping[str, str], path: str, missing: dict[str, str]) -> Any:
+    if isinstance(node, str):
+        def sub(m: re.Match[str]) -> str:
+            value = env.get(m.group(1))
+            if value is None or value == "":
+                default = m.group(2) or ""
+                if not default:
+                    missing[path] = m.group(1)
+                return default
+            return value
+
+        whole = _VAR.fullmatch(node)
+        result = _VAR.sub(sub, node)
+        if whole and result:  # a value that is one ${VAR} takes the variable's YAML type (ports, booleans)
+            try:
+                typed = yaml.safe_load(result)
+            except yaml.YAMLError:
+                return result
+            return typed if isinstance(typed, bool | int | float) else result
+        return result
+    if isinstance(node, Mapping):
+        return {k: _interpolate(v, env, _join(path, str(k)), missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, f"{path}[{i}]", missing) for i, v in enumerate(node)]
+    return node
+
+
+def _apply_env_overrides(tree: dict[str, Any], env: Mapping[str, str], errors: list[str]) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
+        if not all(keys):
+            errors.append(f"{name}: empty section in variable name")
+            continue
+        try:
+            value = yaml.safe_load(env[name]) if env[name] != "" else ""
+        except yaml.YAMLError:
+            value = env[name]
+        node = tree
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                errors.append(f"{name}: {'.'.join(keys)} is not a section")
+                break
+            node = child
+        else:
+            node[keys[-1]] = value
+
+
+# -- schema walk -------------------------------------------------------------------------------
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    where = path or "top level"
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, path, errors)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            errors.append(f"{where}: expected one of {', '.join(map(str, choices))}, got {_describe(value)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(value, tp, path, errors)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            errors.append(f"{where}: expected a list, got {_describe(value)}")
+            return ()
+        (inner, _) = typing.get_args(tp)
+        return tuple(_convert(v, inner, f"{path}[{i}]", errors) for i, v in enumerate(value))
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            errors.append(f"{where}: expected a mapping, got {_describe(value)}")
+            return {}
+        _, inner = typing.get_args(tp)
+        return {str(k): _convert(v, inner, _join(path, str(k)), errors) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{where}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{where}: expected an integer, got {_describe(value)}")
+        elif value < 0:
+            errors.append(f"{where}: must not be negative")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            errors.append(f"{where}: expected a number, got {_describe(value)}")
+            return value
+        if value < 0:
+            errors.append(f"{where}: must not be negative")
+        return float(value)
+    if tp is str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            errors.append(f"{where}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in the schema, not in the user's file
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> Any:
+    where = path or "top level"
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        errors.append(f"{where}: expected a mapping, got {_describe(value)}")
+        return None
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields or key == "missing_env":
+            known = ", ".join(n for n in fields if n != "missing_env")
+            errors.append(f"{_join(path, str(key))}: unknown key (known: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(value[name], hints[name], _join(path, name), errors)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            errors.append(f"{_join(path, name)}: required")
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None  # required fields missing: already reported
+
+
+def _check_references(config: Config, errors: list[str]) -> None:
+    if config.server.port > 65535:
+        errors.append("server.port: must be at most 65535")
+    for name, p in config.providers.items():
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
+            errors.append(f"providers.{name}: provider names use lowercase letters, digits, '-', '_' or '.'")
+        if not p.base_url.startswith(("http://", "https://")):
+            errors.append(f"providers.{name}.base_url: expected an http(s) URL, got {_describe(p.base_url)}")
+        if p.max_connections < 1:
+            errors.append(f"providers.{name}.max_connections: must be at least 1")
+        for key in ("connect", "read", "write"):
+            if getattr(p.timeouts, key) <= 0:
+                errors.append(f"providers.{name}.timeouts.{key}: must be greater than 0")
+    for key in config.auth.keys:
+        if len(key.key) < 8:
+            errors.append("auth.keys: every client key must be at least 8 characters")
+            break
+    if config.auth.master_key and len(config.auth.master_key) < 8:
+        errors.append("auth.master_key: must be at least 8 characters")
+    for alias, target in config.aliases.items():
+        seen = [alias]
+        while target in config.aliases:
+            if target in seen:
+                errors.append(f"aliases.{alias}: cycle {' -> '.join([*seen, target])}")
+                break
+            seen.append(target)
+            target = config.aliases[target]

@@ -1,0 +1,1 @@
+"""HTTP endpoints: thin ASGI handlers at the bottom of the middleware chain."""

@@ -1,0 +1,67 @@
+"""Read-only endpoints: ``/v1/models``, ``/health`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.types import Receive, Scope, Send
+
+from proxy.context import SCOPE_KEY, RequestContext
+from proxy.errors import send_json
+from proxy.runtime import RuntimeHolder
+
+__all__ = ["health", "list_models", "metrics_endpoint"]
+
+_CREATED = int(time.time())
+
+
+async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
+    """OpenAI's list shape; ``owned_by`` names the provider that serves the model."""
+    ctx: RequestContext = scope["state"][SCOPE_KEY]
+    runtime = ctx.runtime
+    data = []
+    seen: set[str] = set()
+    for name, targets in runtime.models.items():
+        enabled = [t for t in targets if runtime.providers[t.provider].enabled]
+        if enabled and name not in seen:
+            seen.add(name)
+            data.append({"id": name, "object": "model", "created": _CREATED, "owned_by": enabled[0].provider})
+    for alias, target in runtime.aliases.items():
+        final = target
+        while final in runtime.aliases:
+            final = runtime.aliases[final]
+        if final in seen and alias not in seen:
+            seen.add(alias)
+            owner = next(d["owned_by"] for d in data if d["id"] == final)
+            data.append({"id": alias, "object": "model", "created": _CREATED, "owned_by": owner})
+    ctx.status = 200
+    await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+
+def health(holder: RuntimeHolder):
+    """``/health``: liveness and readiness in one answer; 503 when no provider is usable."""
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = holder.current
+        providers = {name: p.status() for name, p in runtime.providers.items()}
+        ready = runtime.started and any(p.enabled for p in runtime.providers.values())
+        body = {
+            "status": "ok" if ready else "unavailable",
+            "live": True,
+            "ready": ready,
+            "providers": providers,
+            "request_log": {"queued": runtime.log_writer.queued, "written": runtime.log_writer.written},
+        }
+        await send_json(send, 200 if ready else 503, orjson.dumps(body))
+
+    return endpoint
+
+
+async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    body = generate_latest(REGISTRY)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,83 @@
+"""Errors in the OpenAI error shape, raised anywhere and rendered once by the outer layer.
+
+OpenAI's envelope is ``{"error": {"message", "type", "param", "code"}}``; SDKs map the
+HTTP status to an exception class and read ``message`` and ``code`` from the body, so
+both the status and the shape must be right for a client to behave.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "ProxyError",
+    "bad_request",
+    "error_body",
+    "not_found_model",
+    "send_json",
+    "send_error",
+]
+
+
+class ProxyError(Exception):
+    """A failure with a status and an OpenAI-shaped body; ``headers`` go on the response."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self._body = body
+
+    def body(self) -> bytes:
+        """The JSON body; an upstream's own OpenAI-shaped body is kept byte for byte."""
+        if self._body is not None:
+            return self._body
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def bad_request(message: str, *, code: str | None = None, param: str | None = None) -> ProxyError:
+    return ProxyError(400, message, code=code, param=param)
+
+
+def not_found_model(model: str) -> ProxyError:
+    return ProxyError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+async def send_json(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Any, exc: ProxyError) -> None:
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    await send_json(send, exc.status, exc.body(), extra)

@@ -1,0 +1,191 @@
+"""The runtime: one immutable snapshot of everything a request needs, built from a Config.
+
+Each request captures the snapshot in force when it arrives, so a reload (which builds a
+new Runtime and swaps one reference) never changes the rules under a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from plugins import PluginChain, validate_specs
+from proxy.catalog import Catalog
+from proxy.config import Config, ConfigError, ProviderConfig, load_config
+from proxy.context import Target
+from proxy.keys import KeyLookup, StaticKeys
+from proxy.store import RequestLogWriter
+from proxy.transport import AiohttpTransport
+
+__all__ = ["ProviderRuntime", "Runtime", "RuntimeHolder", "check_config", "shared_catalog"]
+
+logger = logging.getLogger("llm_proxy")
+
+
+@lru_cache(maxsize=1)
+def shared_catalog() -> Catalog:
+    """The packaged catalog, parsed once per process (it is 3.6 MB of JSON)."""
+    return Catalog.load()
+
+
+def check_config(path: str | Path | None = None, config: Config | None = None) -> Config:
+    """Load and fully validate a config, plugins included; raise ConfigError with every problem."""
+    if config is None:
+        config = load_config(path)
+    errors = validate_specs(list(config.plugins))
+    if errors:
+        raise ConfigError(errors, str(path or "config"))
+    return config
+
+
+@dataclass(slots=True)
+class ProviderRuntime:
+    name: str
+    config: ProviderConfig
+    enabled: bool
+    disabled_reason: str | None
+    base_url: str
+    headers: dict[str, str]
+    catalog_id: str
+    client: httpx.AsyncClient | None = None
+    last_ok: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "status": "enabled" if self.enabled else "disabled",
+            "type": self.config.type,
+            "models": len(self.config.models),
+        }
+        if self.disabled_reason:
+            info["reason"] = self.disabled_reason
+        if self.last_ok is not None:
+            info["last_success"] = round(self.last_ok, 3)
+        if self.last_error is not None:
+            info["last_error"] = self.last_error
+            info["last_error_at"] = round(self.last_error_at or 0, 3)
+        return info
+
+    def record_ok(self) -> None:
+        self.last_ok = time.time()
+
+    def record_error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
+
+
+def _build_provider(name: str, cfg: ProviderConfig, missing_env: dict[str, str]) -> ProviderRuntime:
+    reason = None
+    if not cfg.enabled:
+        reason = "disabled in config"
+    elif cfg.api_key_required and not cfg.api_key:
+        var = missing_env.get(f"providers.{name}.api_key")
+        reason = f"{var} is not set" if var else "no api_key configured"
+    # identity: bytes are relayed as received, so they must not arrive compressed
+    headers = {"content-type": "application/json", "accept-encoding": "identity", **cfg.headers}
+    if cfg.api_key:
+        headers["authorization"] = f"Bearer {cfg.api_key}"
+    return ProviderRuntime(
+        name=name,
+        config=cfg,
+        enabled=reason is None,
+        disabled_reason=reason,
+        base_url=cfg.base_url.rstrip("/"),
+        headers=headers,
+        catalog_id=cfg.catalog_provider or name,
+    )
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: Config
+    providers: dict[str, ProviderRuntime]
+    models: dict[str, list[Target]]
+    aliases: dict[str, str]
+    catalog: Catalog
+    keys: KeyLookup
+    plugins: PluginChain
+    log_writer: RequestLogWriter
+    max_body_bytes: int
+    started: bool = False
+    known_labels: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def build(cls, config: Config) -> Runtime:
+        check_config(config=config)
+        providers = {n: _build_provider(n, c, config.missing_env) for n, c in config.providers.items()}
+        for p in providers.values():
+            if not p.enabled and p.config.enabled:
+                logger.warning("provider %s disabled: %s", p.name, p.disabled_reason)
+        models: dict[str, list[Target]] = {}
+        for p in providers.values():
+            for model in p.config.models:
+                models.setdefault(model, []).append(Target(p.name, model))
+        overrides = {
+            (p.name, model): {k: v for k, v in vars_of(price).items() if v is not None}
+            for p in providers.values()
+            for model, price in p.config.prices.items()
+        }
+        catalog = shared_catalog()
+        if overrides:
+            catalog = catalog.with_overrides(
+                {(providers[n].catalog_id, m): v for (n, m), v in overrides.items()}
+            )
+        return cls(
+            config=config,
+            providers=providers,
+            models=models,
+            aliases=dict(config.aliases),
+            catalog=catalog,
+            keys=StaticKeys(config.auth),
+            plugins=PluginChain.from_specs(list(config.plugins)),
+            log_writer=RequestLogWriter(
+                config.database.path,
+                queue_size=config.request_log.queue_size,
+                batch_size=config.request_log.batch_size,
+            ),
+            max_body_bytes=int(config.server.max_body_mb * 1024 * 1024),
+            known_labels=frozenset(models) | frozenset(config.aliases),
+        )
+
+    async def start(self) -> None:
+        """Open pooled upstream clients and the log writer; called from the lifespan."""
+        if self.started:
+            return
+        self.log_writer.start()
+        for p in self.providers.values():
+            if p.enabled:
+                t = p.config.timeouts
+                p.client = httpx.AsyncClient(
+                    transport=AiohttpTransport(limit=p.config.max_connections),
+                    timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
+                )
+        self.started = True
+        if self.keys.open:
+            logger.warning("no client keys configured: serving loopback clients only (set auth.master_key)")
+
+    async def aclose(self) -> None:
+        for p in self.providers.values():
+            if p.client is not None:
+                await p.client.aclose()
+                p.client = None
+        self.log_writer.close()
+        self.started = False
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+class RuntimeHolder:
+    """The one mutable reference: which Runtime new requests get."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime

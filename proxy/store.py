@@ -1,0 +1,162 @@
+"""The request log in SQLite, written off the event loop.
+
+Requests hand finished rows to a bounded queue and never wait: one writer thread drains it
+in batches, one transaction per batch, so disk latency never reaches a client. When the
+queue is full the row is dropped, counted and logged rather than blocking a request.
+Shutdown drains whatever is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from proxy import metrics
+
+__all__ = ["LOG_COLUMNS", "RequestLogWriter", "open_database"]
+
+logger = logging.getLogger("llm_proxy.store")
+
+# Column order is the order of the tuples handed to RequestLogWriter.submit().
+LOG_COLUMNS: dict[str, type] = {
+    "ts": float,
+    "request_id": str,
+    "endpoint": str,
+    "client_key_id": str,
+    "requested_model": str,
+    "resolved_model": str,
+    "provider": str,
+    "upstream_model": str,
+    "status": int,
+    "error_type": str,
+    "error_message": str,
+    "stream": int,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "reasoning_tokens": int,
+    "cached_tokens": int,
+    "usage_estimated": int,
+    "cost_usd": float,
+    "latency_ms": float,
+    "ttft_ms": float,
+    "overhead_ms": float,
+    "upstream_request_id": str,
+    "finish_reason": str,
+    "route": str,
+}
+
+_INSERT = (
+    f"INSERT INTO request_logs ({', '.join(LOG_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in LOG_COLUMNS)})"
+)
+_STOP = object()
+
+
+def open_database(path: str | Path) -> sqlite_utils.Database:
+    """Open (creating if needed) the database with the request-log schema, in WAL mode."""
+    path = Path(path)
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    table = db.table("request_logs")
+    if not table.exists():
+        table.create({"id": int, **LOG_COLUMNS}, pk="id")
+        table.create_index(["ts"])
+        table.create_index(["request_id"])
+        table.create_index(["client_key_id", "ts"])
+        table.create_index(["resolved_model", "ts"])
+    return db
+
+
+class RequestLogWriter:
+    """Bounded queue + one writer thread. ``submit`` is safe to call from the event loop."""
+
+    def __init__(self, path: str | Path, *, queue_size: int = 50_000, batch_size: int = 500) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._dropped_since_warning = 0
+        self._last_warning = 0.0
+        self.written = 0
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        open_database(self.path).close()  # create the schema before the first request, and fail loudly
+        metrics.LOG_QUEUE_DEPTH.set_function(self._queue.qsize)
+        self._thread = threading.Thread(target=self._run, name="llm-proxy-log-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, row: tuple[Any, ...]) -> bool:
+        try:
+            self._queue.put_nowait(row)
+            return True
+        except queue.Full:
+            metrics.LOG_DROPPED.inc()
+            self._dropped_since_warning += 1
+            now = time.monotonic()
+            if now - self._last_warning > 10:
+                logger.warning(
+                    "request log queue full: dropped %d row(s); the disk cannot keep up",
+                    self._dropped_since_warning,
+                )
+                self._last_warning = now
+                self._dropped_since_warning = 0
+            return False
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        db = open_database(self.path)
+        conn = db.conn
+        try:
+            stop = False
+            while not stop:
+                batch = [self._queue.get()]
+                while len(batch) < self.batch_size:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if batch[-1] is _STOP or _STOP in batch:
+                    stop = True
+                    batch = [row for row in batch if row is not _STOP]
+                if batch:
+                    self._write(conn, batch)
+        finally:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
+        for attempt in range(3):
+            try:
+                with conn:
+                    conn.executemany(_INSERT, batch)
+                self.written += len(batch)
+                return
+            except sqlite3.OperationalError as exc:  # e.g. locked by a long reader
+                if attempt == 2:
+                    metrics.LOG_DROPPED.inc(len(batch))
+                    logger.error("request log: could not write %d row(s): %s", len(batch), exc)
+                    return
+                time.sleep(0.05 * (attempt + 1))

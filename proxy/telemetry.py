@@ -1,0 +1,87 @@
+"""The end of every request: one request-log row and its metrics, written exactly once.
+
+Called by the outermost middleware in a ``finally``, so successes, upstream errors, bad
+requests and client disconnects all land here through the same door.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from proxy import metrics
+from proxy.context import RequestContext
+
+__all__ = ["finish_request", "model_label", "redact"]
+
+# Upstreams sometimes echo (part of) a key in an error message; never let one reach the log.
+_SECRET = re.compile(r"(sk-|key-|Bearer\s+)[A-Za-z0-9_\-\.]{6,}")
+
+
+def redact(text: str | None) -> str | None:
+    if not text:
+        return text
+    return _SECRET.sub(lambda m: m.group(1) + "***", text)[:500]
+
+
+def model_label(ctx: RequestContext) -> str:
+    """Bounded model label: only names the config knows, else ``unknown``."""
+    known = ctx.runtime.known_labels
+    for name in (ctx.model, ctx.requested_model):
+        if name and name in known:
+            return name
+    if ctx.target is not None and ctx.model and 200 <= ctx.status < 400:
+        return ctx.model  # provider/model the upstream actually served: bounded by what it serves
+    return "unknown"
+
+
+def finish_request(ctx: RequestContext) -> None:
+    provider = ctx.target.provider if ctx.target is not None else "none"
+    model = model_label(ctx)
+    seconds = ctx.latency_ms / 1000.0
+    status = ctx.status or 500
+    metrics.REQUESTS.labels(ctx.endpoint, provider, model, str(status)).inc()
+    metrics.REQUEST_DURATION.labels(ctx.endpoint, provider, model).observe(seconds)
+    if ctx.first_token_at is not None:
+        metrics.TTFT.labels(provider, model).observe(ctx.first_token_at - ctx.started)
+    if ctx.overhead_ms is not None:
+        metrics.OVERHEAD.observe(ctx.overhead_ms / 1000.0)
+    usage = ctx.usage
+    if usage is not None:
+        tokens = metrics.TOKENS
+        tokens.labels(provider, model, "prompt").inc(usage.prompt_tokens)
+        tokens.labels(provider, model, "completion").inc(usage.completion_tokens)
+        if usage.reasoning_tokens:
+            tokens.labels(provider, model, "reasoning").inc(usage.reasoning_tokens)
+        if usage.cached_tokens:
+            tokens.labels(provider, model, "cached").inc(usage.cached_tokens)
+    if ctx.cost:
+        metrics.COST.labels(provider, model).inc(ctx.cost)
+
+    ctx.runtime.log_writer.submit((
+        ctx.started_wall,
+        ctx.request_id,
+        ctx.endpoint,
+        ctx.client.key_id if ctx.client is not None else None,
+        ctx.requested_model,
+        ctx.model,
+        ctx.target.provider if ctx.target is not None else None,
+        ctx.target.model if ctx.target is not None else None,
+        status,
+        ctx.error_type,
+        redact(ctx.error_message),
+        int(ctx.stream),
+        usage.prompt_tokens if usage else None,
+        usage.completion_tokens if usage else None,
+        usage.reasoning_tokens if usage else None,
+        usage.cached_tokens if usage else None,
+        int(bool(ctx.metadata.get("usage_estimated"))),
+        ctx.cost,
+        round(ctx.latency_ms, 3),
+        round(ctx.ttft_ms, 3) if ctx.ttft_ms is not None else None,
+        round(ctx.overhead_ms, 3) if ctx.overhead_ms is not None else None,
+        ctx.upstream_request_id,
+        ctx.finish_reason,
+        orjson.dumps(ctx.route).decode() if ctx.route else None,
+    ))

@@ -1,0 +1,151 @@
+"""An ``httpx`` transport backed by one shared ``aiohttp.ClientSession``.
+
+The gateway speaks httpx everywhere (requests, responses, exception types), but httpx's own
+connection pool costs several times the CPU of aiohttp's per proxied request. This transport
+keeps the httpx API and puts aiohttp's pool and parser underneath, with as little glue as
+possible: request headers go across once, response headers stay ``raw`` byte pairs, the body
+is streamed chunk by chunk as it arrives.
+
+Decisions, and why:
+
+* Bytes are passed through undecoded (``auto_decompress=False``), as every httpx transport
+  must: ``httpx.Response`` decodes ``Content-Encoding`` itself in ``aread()``/``aiter_bytes()``
+  and would decode twice otherwise; ``aiter_raw()``/``response.stream`` stay untouched.
+  aiohttp adds no ``Accept-Encoding``/``Accept``/``User-Agent``/``Content-Type`` of its own: what the
+  ``httpx.Request`` carries is what goes upstream. The gateway must parse usage out of bodies,
+  so it should ask upstreams for ``accept-encoding: identity``.
+* Timeouts come only from ``request.extensions["timeout"]`` (what ``httpx.AsyncClient`` sets);
+  missing keys mean no limit, as in httpcore. There is never a total timeout: a long
+  generation is only cut by ``read`` (idle time between received chunks, aiohttp
+  ``sock_read``). ``connect`` bounds each TCP/TLS connect (``sock_connect``); ``pool`` is the
+  extra time a request may wait for a free slot (aiohttp ``connect`` = pool + connect; DNS
+  counts here). ``write`` has no aiohttp equivalent and is ignored.
+* Upstream cookies are never stored or sent: one session serves every gateway user.
+* ``aclose()`` of a half-read body closes its connection; a fully read one went back to the
+  pool as soon as its last byte arrived.
+"""
+
+from __future__ import annotations
+
+import ssl as _ssl
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+
+__all__ = ["AiohttpByteStream", "AiohttpTransport"]
+
+_TimeoutKey = tuple[float | None, float | None, float | None]
+_TIMEOUTS: dict[_TimeoutKey, aiohttp.ClientTimeout] = {}
+_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], type[httpx.TransportError]], ...] = (
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),  # sock_read: SocketTimeoutError
+    (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, DNS, TLS handshake/certificate
+    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    ((aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError),
+     httpx.RemoteProtocolError),  # closed before/while answering, truncated or malformed response
+)
+
+
+def _client_timeout(key: _TimeoutKey) -> aiohttp.ClientTimeout:
+    """httpx (connect, read, pool) -> aiohttp, cached: configs repeat, requests are many."""
+    connect, read, pool = (None if t is None else max(t, 1e-6) for t in key)  # aiohttp: 0 = no limit
+    budget = pool + connect if pool is not None and connect is not None else pool
+    if len(_TIMEOUTS) > 256:
+        _TIMEOUTS.clear()
+    _TIMEOUTS[key] = t = aiohttp.ClientTimeout(
+        total=None, connect=budget, sock_connect=connect, sock_read=read, ceil_threshold=float("inf")
+    )
+    return t
+
+
+def _map_error(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.TransportError:
+    for aio, hx in _ERRORS:
+        if isinstance(exc, aio):
+            return hx(str(exc) or type(exc).__name__, request=request)
+    return httpx.ReadError(str(exc) or type(exc).__name__, request=request)  # resets, other OS errors
+
+
+class AiohttpByteStream(httpx.AsyncByteStream):
+    """The response body as aiohttp hands it over: each chunk as soon as it is received."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = self._response.content.readany
+        try:
+            while chunk := await read():
+                yield chunk
+        except aiohttp.ClientError as exc:
+            raise _map_error(exc, self._request) from exc
+
+    async def aclose(self) -> None:
+        # close(), not release(): a half-read connection must not go back to the pool. A fully
+        # read body has already released its connection, so this then only marks it closed.
+        self._response.close()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """Send ``httpx.Request``s through one lazily created, shared ``aiohttp.ClientSession``."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = 1024,
+        limit_per_host: int = 0,
+        keepalive_expiry: float = 15.0,
+        ssl: _ssl.SSLContext | bool = True,
+    ) -> None:
+        self._connector_kwargs = {"limit": limit, "limit_per_host": limit_per_host,
+                                  "keepalive_timeout": keepalive_expiry, "ssl": ssl}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Created here, not in __init__: aiohttp binds the session to the running event loop.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(**self._connector_kwargs),
+            timeout=aiohttp.ClientTimeout(),  # the per-request one replaces it; never a total
+            auto_decompress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session or self._open()
+        t = request.extensions.get("timeout")
+        key = (t.get("connect"), t.get("read"), t.get("pool")) if t else (None, None, None)
+        timeout = _TIMEOUTS.get(key) or _client_timeout(key)
+        headers = request.headers.multi_items()
+        try:
+            data: bytes | httpx.AsyncByteStream | None = request.content or None
+        except httpx.RequestNotRead:  # streaming upload: aiohttp frames it and sets the header itself
+            data = request.stream  # type: ignore[assignment]
+            headers = [kv for kv in headers if kv[0].lower() != "transfer-encoding"]
+        started = time.monotonic()
+        try:
+            response = await session.request(
+                request.method, str(request.url), headers=headers, data=data,
+                timeout=timeout, allow_redirects=False,
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            # aiohttp raises the same error for both timers. Its pool timer ("connect" = pool +
+            # connect) cannot fire before the budget is spent, and the connect timer only fires
+            # that late if the wait for a slot already used up the pool timeout.
+            waited = timeout.connect is not None and time.monotonic() - started >= timeout.connect
+            cls = httpx.PoolTimeout if waited or timeout.sock_connect is None else httpx.ConnectTimeout
+            raise cls(str(exc), request=request) from exc
+        except aiohttp.ClientError as exc:
+            raise _map_error(exc, request) from exc
+        return httpx.Response(
+            response.status, headers=response.raw_headers, stream=AiohttpByteStream(response, request),
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        """Close the session and its pooled connections; a later request opens a new one."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

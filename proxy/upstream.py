@@ -1,0 +1,52 @@
+"""Sending one request upstream and classifying what went wrong, in httpx's terms only."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from proxy import metrics
+from proxy.context import RequestContext
+from proxy.errors import ProxyError
+from proxy.runtime import ProviderRuntime
+
+__all__ = ["open_upstream", "transport_error"]
+
+
+async def open_upstream(ctx: RequestContext, provider: ProviderRuntime, path: str, body: bytes) -> httpx.Response:
+    """POST ``body`` and return the response with its body still unread (streaming)."""
+    client = provider.client
+    if client is None:
+        raise ProxyError(503, f"Provider '{provider.name}' is not started.", type="server_error")
+    request = client.build_request("POST", provider.base_url + path, content=body, headers=provider.headers)
+    ctx.upstream_started = time.perf_counter()
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise transport_error(ctx, provider, exc) from None
+    ctx.upstream_headers_at = time.perf_counter()
+    ctx.upstream_elapsed = ctx.upstream_headers_at - ctx.upstream_started
+    ctx.upstream_request_id = response.headers.get("x-request-id")
+    return response
+
+
+def transport_error(ctx: RequestContext, provider: ProviderRuntime, exc: BaseException) -> ProxyError:
+    """Map a failure to reach or read from an upstream to a gateway error (502/504)."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        kind, status, code = "timeout", 504, "upstream_timeout"
+        what = {
+            httpx.ConnectTimeout: "connecting to",
+            httpx.PoolTimeout: "waiting for a connection to",
+            httpx.ReadTimeout: "waiting for data from",
+        }.get(type(exc), "waiting for")
+        message = f"Timed out {what} provider '{provider.name}'."
+    elif isinstance(exc, httpx.ConnectError):
+        kind, status, code = "connect", 502, "upstream_unreachable"
+        message = f"Could not connect to provider '{provider.name}'."
+    else:
+        kind, status, code = "protocol", 502, "upstream_error"
+        message = f"Provider '{provider.name}' broke the connection ({type(exc).__name__})."
+    metrics.UPSTREAM_ERRORS.labels(provider.name, kind).inc()
+    provider.record_error(message)
+    return ProxyError(status, message, type="upstream_error", code=code)

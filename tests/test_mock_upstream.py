@@ -1,0 +1,286 @@
+"""The mock upstream: OpenAI shapes over real HTTP, misbehaviour on request, honest counters.
+
+Gateway tests trust its counters (above all ``streams_aborted_by_client``) and its token
+rule, so both are pinned here against a real socket, not an in-process transport.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.testing.mock_upstream import MockUpstream
+
+CHAT = "/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MockUpstream]:
+    with MockUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def mock(server: MockUpstream) -> Iterator[MockUpstream]:
+    """The shared server, clean and with default behaviour for each test."""
+    server.reset()
+    yield server
+    server.latency_ms, server.chunk_ms, server.chunks, server.cached_tokens = 0, 0, 5, 0
+
+
+@pytest.fixture
+def client(mock: MockUpstream) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=mock.base_url_v1, timeout=5.0) as http:
+        yield http
+
+
+def chat(text: str = "hi there", model: str = "mock-gpt", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def events(body: str) -> list[Any]:
+    """The SSE ``data:`` payloads, JSON-decoded except ``[DONE]``."""
+    frames = [f for f in body.split("\n\n") if f]
+    assert all(f.startswith("data: ") for f in frames), frames
+    return [f[6:] if f[6:] == "[DONE]" else json.loads(f[6:]) for f in frames]
+
+
+def test_non_stream_completion_shape_and_token_rule(mock: MockUpstream, client: httpx.Client) -> None:
+    payload = {
+        "model": "mock-gpt",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "one two three"}]},
+        ],
+    }
+    r = client.post(CHAT, json=payload, headers={"Authorization": "Bearer sk-test"})
+
+    assert r.status_code == 200
+    assert re.fullmatch(r"req_mock_\d+", r.headers["x-request-id"])
+    body = r.json()
+    assert body["id"].startswith("chatcmpl-mock")
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "mock-gpt"
+    assert isinstance(body["created"], int)
+    choice = body["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "Hello from the mock upstream."}
+    assert choice["finish_reason"] == "stop"
+    # (3 + 2) + (3 + 3) prompt tokens; one completion token per piece.
+    assert body["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 5,
+        "total_tokens": 16,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+    seen = mock.requests[-1]
+    assert (seen.method, seen.path, seen.body) == ("POST", "/v1/chat/completions", payload)
+    assert seen.headers["authorization"] == "Bearer sk-test"
+
+
+def test_stream_without_include_usage(mock: MockUpstream, client: httpx.Client) -> None:
+    r = client.post(CHAT, json=chat(stream=True))
+
+    assert r.headers["content-type"].startswith("text/event-stream")
+    chunks = events(r.text)
+    assert chunks[-1] == "[DONE]"
+    chunks = chunks[:-1]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == (
+        "Hello from the mock upstream."
+    )
+    assert len(chunks) == 1 + 5 + 1
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    assert all("usage" not in c and c["object"] == "chat.completion.chunk" for c in chunks)
+    assert (mock.streams_started, mock.streams_completed) == (1, 1)
+
+
+def test_stream_usage_chunk_only_when_asked(mock: MockUpstream, client: httpx.Client) -> None:
+    mock.cached_tokens = 4
+    r = client.post(CHAT, json=chat("#mock chunks=8", stream=True, stream_options={"include_usage": True}))
+
+    chunks = events(r.text)
+    assert chunks[-1] == "[DONE]"
+    usage_chunk = chunks[-2]
+    assert usage_chunk["choices"] == []
+    # "#mock chunks=8" is 2 words: 3 + 2 prompt tokens, of which min(4, 5) cached.
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 8,
+        "total_tokens": 13,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+    assert all(c["usage"] is None for c in chunks[:-2])
+    assert chunks[-3]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tool_call_stream_reassembles_to_valid_json(client: httpx.Client) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    chunks = events(client.post(CHAT, json=chat(stream=True, tools=tools)).text)[:-1]
+
+    calls = [t for c in chunks for t in c["choices"][0]["delta"].get("tool_calls", [])]
+    first = calls[0]
+    assert first == {
+        "index": 0,
+        "id": "call_mock_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    assert 2 <= len(calls) - 1 <= 3
+    arguments = "".join(t["function"]["arguments"] for t in calls)
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    message = client.post(CHAT, json=chat(tools=tools)).json()["choices"][0]
+    assert message["finish_reason"] == "tool_calls"
+    assert message["message"]["tool_calls"] == [
+        {"id": "call_mock_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    ]
+
+
+def test_reasoner_emits_reasoning_content(client: httpx.Client) -> None:
+    body = client.post(CHAT, json=chat(model="deepseek-reasoner")).json()
+    assert body["choices"][0]["message"]["reasoning_content"]
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
+    assert body["usage"]["completion_tokens"] == 5 + 3
+
+    deltas = [
+        c["choices"][0]["delta"]
+        for c in events(client.post(CHAT, json=chat(model="deepseek-reasoner", stream=True)).text)[:-1]
+    ]
+    kinds = [
+        "reasoning" if d.get("reasoning_content") else "content"
+        for d in deltas
+        if d.get("reasoning_content") or d.get("content")
+    ]
+    assert kinds == ["reasoning"] * 3 + ["content"] * 5
+    assert (
+        "".join(d.get("reasoning_content") or "" for d in deltas)
+        == body["choices"][0]["message"]["reasoning_content"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "type_", "code"),
+    [
+        (400, "invalid_request_error", None),
+        (401, "invalid_request_error", "invalid_api_key"),
+        (500, "server_error", None),
+        (503, "server_error", None),
+    ],
+)
+def test_error_statuses_use_openai_envelope(
+    client: httpx.Client, status: int, type_: str, code: str | None
+) -> None:
+    r = client.post(CHAT, json=chat(f"#mock status={status}", stream=True))
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (type_, code, None)
+    assert error["message"]
+
+
+def test_rate_limit_with_retry_after(mock: MockUpstream, client: httpx.Client) -> None:
+    r = client.post(CHAT, json=chat("please\n#mock status=429 retry_after=7"))
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "7"
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert mock.streams_started == 0
+
+
+def test_non_json_error_body(client: httpx.Client) -> None:
+    html = client.post(CHAT, json=chat("#mock body=html"))
+    assert html.status_code == 502
+    assert html.headers["content-type"].startswith("text/html")
+    assert "<h1>502 Bad Gateway</h1>" in html.text
+    text = client.post(CHAT, json=chat("#mock status=503 body=text"))
+    assert (text.status_code, text.headers["content-type"]) == (503, "text/plain; charset=utf-8")
+
+
+def test_directive_only_read_from_last_user_message(client: httpx.Client) -> None:
+    messages = [{"role": "user", "content": "#mock status=500"}, {"role": "user", "content": "hi"}]
+    assert client.post(CHAT, json={"model": "m", "messages": messages}).status_code == 200
+    bad = client.post(CHAT, json=chat("#mock stauts=500"))
+    assert bad.status_code == 400
+    assert "stauts" in bad.json()["error"]["message"]
+
+
+def test_models_list(client: httpx.Client) -> None:
+    body = client.get("/models").json()
+    assert body["object"] == "list"
+    assert [m["object"] for m in body["data"]] == ["model"] * 3
+    assert "mock-reasoner" in {m["id"] for m in body["data"]}
+
+
+def test_latency_delays_the_headers(client: httpx.Client) -> None:
+    started = time.monotonic()
+    assert client.post(CHAT, json=chat("#mock latency_ms=150")).status_code == 200
+    assert time.monotonic() - started >= 0.15
+
+
+def test_cut_after_breaks_the_body(mock: MockUpstream, client: httpx.Client) -> None:
+    received: list[str] = []
+    with client.stream("POST", CHAT, json=chat("#mock cut_after=3", stream=True)) as r:
+        assert r.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            received.extend(line for line in r.iter_lines() if line)
+    assert 0 < len(received) <= 4  # role chunk + 3 pieces, whatever arrived before the cut
+    assert "[DONE]" not in "".join(received)
+    assert (mock.streams_started, mock.streams_cut, mock.streams_completed) == (1, 1, 0)
+    # The server survives the cut: the next request is served normally.
+    assert client.post(CHAT, json=chat()).status_code == 200
+
+
+def test_error_event_after_ends_the_stream_with_an_error(mock: MockUpstream, client: httpx.Client) -> None:
+    chunks = events(client.post(CHAT, json=chat("#mock error_event_after=2", stream=True)).text)
+    assert len(chunks) == 1 + 2 + 1
+    assert chunks[-1]["error"]["type"] == "server_error"
+    assert mock.streams_cut == 1
+
+
+def test_client_leaving_mid_stream_is_counted(mock: MockUpstream, client: httpx.Client) -> None:
+    with client.stream("POST", CHAT, json=chat("#mock chunks=50 chunk_ms=20", stream=True)) as r:
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(lines)
+    assert mock.wait_for(lambda: mock.streams_aborted_by_client == 1)
+    assert mock.wait_for(lambda: mock.in_flight == 0)
+    assert (mock.streams_started, mock.streams_completed, mock.requests_aborted_by_client) == (1, 0, 1)
+
+
+def test_hang_releases_on_client_timeout_and_on_stop() -> None:
+    upstream = MockUpstream().start()
+    try:
+        with httpx.Client(base_url=upstream.base_url_v1, timeout=0.3) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                http.post(CHAT, json=chat("#mock hang=1", stream=True))
+        assert upstream.wait_for(lambda: upstream.streams_aborted_by_client == 1)
+        assert upstream.wait_for(lambda: upstream.in_flight == 0)
+
+        outcome: list[Any] = []
+
+        def hang_forever() -> None:
+            with httpx.Client(base_url=upstream.base_url_v1, timeout=10.0) as http:
+                try:
+                    outcome.append(http.post(CHAT, json=chat("#mock hang=1")).status_code)
+                except httpx.HTTPError as exc:
+                    outcome.append(exc)
+
+        waiter = threading.Thread(target=hang_forever)
+        waiter.start()
+        assert upstream.wait_for(lambda: upstream.in_flight == 1)
+    finally:
+        started = time.monotonic()
+        upstream.stop()
+        stopped_in = time.monotonic() - started
+    waiter.join(5)
+    assert stopped_in < 1.5
+    assert outcome == [503]
