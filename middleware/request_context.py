@@ -45,6 +45,8 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not self.holder.current.started:  # mounted without its lifespan: start lazily
+            await self.holder.current.ensure_started()
         started = time.perf_counter()
         endpoint = endpoint_name(route_path(scope))
         request_id = _request_id(scope)

@@ -22,6 +22,7 @@ from middleware.rate_limit import rate_limit
 from middleware.request_context import RequestContextMiddleware
 from middleware.stream_wrap import StreamWrapMiddleware
 from proxy.config import Config
+from proxy.context import get_context
 from proxy.endpoints.chat import chat_completions
 from proxy.endpoints.info import health, list_models, metrics_endpoint
 from proxy.errors import error_body
@@ -66,6 +67,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"Unknown request URL: {request.method} {request.url.path}."
     else:
         message = f"Method {request.method} is not allowed for {request.url.path}."
+    ctx = get_context(request.scope)
+    if ctx is not None:  # rendered here, not by the outer layer: record the failure for the request log
+        ctx.fail(exc.status_code, "invalid_request_error", message)
     return Response(error_body(message, "invalid_request_error", "unknown_url" if exc.status_code == 404 else None),
                     status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 

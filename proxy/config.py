@@ -157,10 +157,10 @@ def parse_config(
     missing: dict[str, str] = {}
     tree = _interpolate(raw, env, "", missing)
     _apply_env_overrides(tree, env, errors)
-    tree.pop("missing_env", None)
     config = _convert(tree, Config, "", errors)
-    if not errors:
-        _check_references(config, errors)
+    # value checks and plugin specs run even after type errors, so one run reports everything
+    _check_references(config, errors)
+    _check_plugins(_plain(tree.get("plugins")), errors)
     if errors:
         raise ConfigError(errors, source)
     return dataclasses.replace(config, missing_env=missing)
@@ -169,6 +169,44 @@ def parse_config(
 # -- interpolation and overrides ------------------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _EnvText(str):
+    """Text from the environment that also reads as a YAML scalar (``9000``, ``true``, ``null``).
+
+    The schema walk picks per field: a ``str`` field keeps the text exactly as given (a key
+    like ``0012345670`` must not become the octal number 2739128), any other field gets
+    ``typed``.
+    """
+
+    typed: Any
+
+    def __new__(cls, text: str, typed: Any) -> _EnvText:
+        self = super().__new__(cls, text)
+        self.typed = typed
+        return self
+
+
+def _from_env(text: str) -> Any:
+    """An environment value read as YAML; a scalar keeps its text too (see ``_EnvText``)."""
+    try:
+        typed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(typed, str | list | dict):
+        return typed
+    return _EnvText(text, typed)
+
+
+def _plain(node: Any) -> Any:
+    """``node`` with every ``_EnvText`` replaced by its YAML value (for untyped parts: plugins)."""
+    if isinstance(node, _EnvText):
+        return node.typed
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
 
 
 def _interpolate(node: Any, env: Mapping[str, str], path: str, missing: dict[str, str]) -> Any:
@@ -185,11 +223,9 @@ def _interpolate(node: Any, env: Mapping[str, str], path: str, missing: dict[str
         whole = _VAR.fullmatch(node)
         result = _VAR.sub(sub, node)
         if whole and result:  # a value that is one ${VAR} takes the variable's YAML type (ports, booleans)
-            try:
-                typed = yaml.safe_load(result)
-            except yaml.YAMLError:
-                return result
-            return typed if isinstance(typed, bool | int | float) else result
+            value = _from_env(result)
+            if isinstance(value, _EnvText) and isinstance(value.typed, bool | int | float):
+                return value
         return result
     if isinstance(node, Mapping):
         return {k: _interpolate(v, env, _join(path, str(k)), missing) for k, v in node.items()}
@@ -206,10 +242,7 @@ def _apply_env_overrides(tree: dict[str, Any], env: Mapping[str, str], errors: l
         if not all(keys):
             errors.append(f"{name}: empty section in variable name")
             continue
-        try:
-            value = yaml.safe_load(env[name]) if env[name] != "" else ""
-        except yaml.YAMLError:
-            value = env[name]
+        value = _from_env(env[name]) if env[name] != "" else ""
         node = tree
         for key in keys[:-1]:
             child = node.get(key)
@@ -238,9 +271,14 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     origin = typing.get_origin(tp)
     where = path or "top level"
     if tp is Any:
-        return value
+        return _plain(value)
+    if isinstance(value, _EnvText) and not (origin is typing.Union or origin is types.UnionType):
+        wants_text = tp is str or (origin is Literal and all(isinstance(c, str) for c in typing.get_args(tp)))
+        value = str(value) if wants_text else value.typed
     if origin is typing.Union or origin is types.UnionType:
         args = typing.get_args(tp)
+        if isinstance(value, _EnvText) and value.typed is None and type(None) in args:
+            return None
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
@@ -322,30 +360,65 @@ def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> A
         return None  # required fields missing: already reported
 
 
+def _error_paths(errors: list[str]) -> set[str]:
+    return {e.split(":", 1)[0] for e in errors}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_references(config: Config, errors: list[str]) -> None:
-    if config.server.port > 65535:
-        errors.append("server.port: must be at most 65535")
+    """Checks across values. The config may hold wrongly typed values (already reported):
+    check only what has the right type, and add nothing for a path already reported."""
+    reported = _error_paths(errors)
+
+    def add(path: str, message: str) -> None:
+        if path not in reported:
+            errors.append(f"{path}: {message}")
+
+    server = config.server
+    if isinstance(server, ServerConfig) and _is_number(server.port) and server.port > 65535:
+        add("server.port", "must be at most 65535")
     for name, p in config.providers.items():
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
-            errors.append(f"providers.{name}: provider names use lowercase letters, digits, '-', '_' or '.'")
-        if not p.base_url.startswith(("http://", "https://")):
-            errors.append(f"providers.{name}.base_url: expected an http(s) URL, got {_describe(p.base_url)}")
-        if p.max_connections < 1:
-            errors.append(f"providers.{name}.max_connections: must be at least 1")
-        for key in ("connect", "read", "write"):
-            if getattr(p.timeouts, key) <= 0:
-                errors.append(f"providers.{name}.timeouts.{key}: must be greater than 0")
-    for key in config.auth.keys:
-        if len(key.key) < 8:
-            errors.append("auth.keys: every client key must be at least 8 characters")
-            break
-    if config.auth.master_key and len(config.auth.master_key) < 8:
-        errors.append("auth.master_key: must be at least 8 characters")
-    for alias, target in config.aliases.items():
+            add(f"providers.{name}", "provider names use lowercase letters, digits, '-', '_' or '.'")
+        if not isinstance(p, ProviderConfig):
+            continue
+        if isinstance(p.base_url, str) and not p.base_url.startswith(("http://", "https://")):
+            add(f"providers.{name}.base_url", f"expected an http(s) URL, got {_describe(p.base_url)}")
+        if _is_number(p.max_connections) and p.max_connections < 1:
+            add(f"providers.{name}.max_connections", "must be at least 1")
+        if isinstance(p.timeouts, TimeoutConfig):
+            for key in ("connect", "read", "write"):
+                value = getattr(p.timeouts, key)
+                if _is_number(value) and value <= 0:
+                    add(f"providers.{name}.timeouts.{key}", "must be greater than 0")
+    auth = config.auth
+    if isinstance(auth, AuthConfig):
+        if isinstance(auth.keys, tuple):
+            for key in auth.keys:
+                if isinstance(key, ClientKeyConfig) and isinstance(key.key, str) and len(key.key) < 8:
+                    add("auth.keys", "every client key must be at least 8 characters")
+                    break
+        if isinstance(auth.master_key, str) and auth.master_key and len(auth.master_key) < 8:
+            add("auth.master_key", "must be at least 8 characters")
+    aliases = {a: t for a, t in config.aliases.items() if isinstance(t, str)}
+    for alias, target in aliases.items():
         seen = [alias]
-        while target in config.aliases:
+        while target in aliases:
             if target in seen:
-                errors.append(f"aliases.{alias}: cycle {' -> '.join([*seen, target])}")
+                add(f"aliases.{alias}", f"cycle {' -> '.join([*seen, target])}")
                 break
             seen.append(target)
-            target = config.aliases[target]
+            target = aliases[target]
+
+
+def _check_plugins(specs: Any, errors: list[str]) -> None:
+    """The plugin specs against the plugin registry (imported here: it pulls in the plugins)."""
+    if not isinstance(specs, list):
+        return  # absent, or not a list: the schema walk reported it
+    from plugins import validate_specs
+
+    reported = _error_paths(errors)
+    errors.extend(e for e in validate_specs(specs) if e.split(":", 1)[0] not in reported)

@@ -6,6 +6,7 @@ new Runtime and swaps one reference) never changes the rules under a request in 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ class Runtime:
     max_body_bytes: int
     started: bool = False
     known_labels: frozenset[str] = field(default_factory=frozenset)
+    _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
     def build(cls, config: Config) -> Runtime:
@@ -170,6 +172,14 @@ class Runtime:
         self.started = True
         if self.keys.open:
             logger.warning("no client keys configured: serving loopback clients only (set auth.master_key)")
+
+    async def ensure_started(self) -> None:
+        """Start on first use when no lifespan did: a host app that mounts the gateway without
+        running its lifespan still gets upstream clients and a request log (drained at exit)."""
+        async with self._start_lock:
+            if not self.started:
+                logger.warning("llm-proxy started on its first request: pass its lifespan to the host app")
+                await self.start()
 
     async def aclose(self) -> None:
         for p in self.providers.values():

@@ -3,11 +3,12 @@
 Requests hand finished rows to a bounded queue and never wait: one writer thread drains it
 in batches, one transaction per batch, so disk latency never reaches a client. When the
 queue is full the row is dropped, counted and logged rather than blocking a request.
-Shutdown drains whatever is queued.
+Shutdown (or, failing that, interpreter exit) drains whatever is queued.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import sqlite3
@@ -97,6 +98,7 @@ class RequestLogWriter:
         metrics.LOG_QUEUE_DEPTH.set_function(self._queue.qsize)
         self._thread = threading.Thread(target=self._run, name="llm-proxy-log-writer", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # drained at interpreter exit even if nobody calls close()
 
     @property
     def queued(self) -> int:
@@ -123,6 +125,7 @@ class RequestLogWriter:
         """Write everything queued, then stop the thread."""
         if self._thread is None:
             return
+        atexit.unregister(self.close)
         self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None

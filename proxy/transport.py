@@ -11,9 +11,9 @@ Decisions, and why:
 * Bytes are passed through undecoded (``auto_decompress=False``), as every httpx transport
   must: ``httpx.Response`` decodes ``Content-Encoding`` itself in ``aread()``/``aiter_bytes()``
   and would decode twice otherwise; ``aiter_raw()``/``response.stream`` stay untouched.
-  aiohttp adds no ``Accept-Encoding``/``Accept``/``User-Agent``/``Content-Type`` of its own: what the
-  ``httpx.Request`` carries is what goes upstream. The gateway must parse usage out of bodies,
-  so it should ask upstreams for ``accept-encoding: identity``.
+  aiohttp adds no ``Accept``/``Accept-Encoding``/``User-Agent``/``Content-Type`` of its own:
+  what the ``httpx.Request`` carries is what goes upstream. The gateway must parse usage out
+  of bodies, so it should ask upstreams for ``accept-encoding: identity``.
 * Timeouts come only from ``request.extensions["timeout"]`` (what ``httpx.AsyncClient`` sets);
   missing keys mean no limit, as in httpcore. There is never a total timeout: a long
   generation is only cut by ``read`` (idle time between received chunks, aiohttp
@@ -27,8 +27,8 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import asyncio
 import ssl as _ssl
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -42,8 +42,10 @@ _ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], type[httpx.T
     (aiohttp.ServerTimeoutError, httpx.ReadTimeout),  # sock_read: SocketTimeoutError
     (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, DNS, TLS handshake/certificate
     (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
-    ((aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError),
-     httpx.RemoteProtocolError),  # closed before/while answering, truncated or malformed response
+    (
+        (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError),
+        httpx.RemoteProtocolError,
+    ),  # closed before/while answering, truncated or malformed response
 )
 
 
@@ -88,7 +90,13 @@ class AiohttpByteStream(httpx.AsyncByteStream):
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Send ``httpx.Request``s through one lazily created, shared ``aiohttp.ClientSession``."""
+    """Send ``httpx.Request``s through one lazily created, shared ``aiohttp.ClientSession``.
+
+    ``limit`` caps open connections (0: no cap), ``limit_per_host`` per upstream host.
+    ``keepalive_expiry`` is how long an idle connection stays pooled: keep it below the
+    upstreams' own idle timeout, because aiohttp does not retry a POST that lands on a
+    connection the upstream has just closed.
+    """
 
     def __init__(
         self,
@@ -98,8 +106,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = 15.0,
         ssl: _ssl.SSLContext | bool = True,
     ) -> None:
-        self._connector_kwargs = {"limit": limit, "limit_per_host": limit_per_host,
-                                  "keepalive_timeout": keepalive_expiry, "ssl": ssl}
+        self._connector_kwargs = {
+            "limit": limit,
+            "limit_per_host": limit_per_host,
+            "keepalive_timeout": keepalive_expiry,
+            "ssl": ssl,
+        }
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -124,23 +136,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except httpx.RequestNotRead:  # streaming upload: aiohttp frames it and sets the header itself
             data = request.stream  # type: ignore[assignment]
             headers = [kv for kv in headers if kv[0].lower() != "transfer-encoding"]
-        started = time.monotonic()
+        clock = asyncio.get_running_loop().time  # the clock aiohttp's timers run on
+        started = clock()
         try:
             response = await session.request(
-                request.method, str(request.url), headers=headers, data=data,
-                timeout=timeout, allow_redirects=False,
+                request.method,
+                str(request.url),
+                headers=headers,
+                data=data,
+                timeout=timeout,
+                allow_redirects=False,
             )
         except aiohttp.ConnectionTimeoutError as exc:
             # aiohttp raises the same error for both timers. Its pool timer ("connect" = pool +
             # connect) cannot fire before the budget is spent, and the connect timer only fires
-            # that late if the wait for a slot already used up the pool timeout.
-            waited = timeout.connect is not None and time.monotonic() - started >= timeout.connect
+            # that late if the wait for a slot already used up the pool timeout (5 ms: timer slack).
+            waited = timeout.connect is not None and clock() - started >= timeout.connect - 0.005
             cls = httpx.PoolTimeout if waited or timeout.sock_connect is None else httpx.ConnectTimeout
             raise cls(str(exc), request=request) from exc
         except aiohttp.ClientError as exc:
             raise _map_error(exc, request) from exc
         return httpx.Response(
-            response.status, headers=response.raw_headers, stream=AiohttpByteStream(response, request),
+            response.status,
+            headers=response.raw_headers,
+            stream=AiohttpByteStream(response, request),
             request=request,
         )
 

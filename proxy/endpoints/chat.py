@@ -14,6 +14,7 @@ import httpx
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from proxy import metrics
 from proxy.context import SCOPE_KEY, RequestContext
 from proxy.providers.openai import CHAT_PATH, parse_chat_response, upstream_error
 from proxy.streaming import relay_chat_stream
@@ -70,6 +71,7 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
         if status >= 400:
             error = upstream_error(provider.name, status, data, response.headers)
             provider.record_error(f"HTTP {status}: {error.message[:200]}")
+            metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
             raise error
         provider.record_ok()
         ctx.usage, ctx.finish_reason, _ = parse_chat_response(data)

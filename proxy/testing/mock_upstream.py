@@ -137,6 +137,15 @@ class _Call:
             self.watcher.cancel()
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (it is, with ``uvicorn[standard]``): load tests want a fast mock."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class MockUpstream:
     """The mock server: configure through attributes, ``start()`` it, read what it saw."""
 
@@ -187,30 +196,7 @@ class MockUpstream:
 
     def start(self, timeout: float = 10.0) -> MockUpstream:
         """Bind a port (a free one if ``port`` is 0) and serve from a daemon thread."""
-        if self._thread is not None:
-            raise RuntimeError("mock upstream already started")
-        logging.getLogger("uvicorn.error").addFilter(_QUIET_CUTS)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        self._stopping, self._error = False, None
-        self._server = server = uvicorn.Server(self._config(foreground=False))
-        self._thread = threading.Thread(
-            target=self._run, args=(sock,), name=f"mock-upstream-{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if self._error is not None or not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mock upstream did not start: {self._error!r}")
-            time.sleep(0.005)
-        return self
+        return self._start(timeout, foreground=False)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Release hanging requests, then stop uvicorn and join its thread."""
@@ -228,9 +214,15 @@ class MockUpstream:
         self._thread = self._server = self._loop = None
 
     def serve_forever(self) -> None:
-        """Run in the foreground (Ctrl+C stops it), for manual and load testing."""
-        logging.getLogger("uvicorn.error").addFilter(_QUIET_CUTS)
-        uvicorn.Server(self._config(foreground=True)).run()
+        """Serve with access logs until Ctrl+C, for manual and load testing."""
+        thread = self._start(10.0, foreground=True)._thread
+        try:
+            while thread is not None and thread.is_alive():
+                thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
 
     def __enter__(self) -> MockUpstream:
         return self.start()
@@ -258,9 +250,21 @@ class MockUpstream:
             await asyncio.sleep(interval)
         return True
 
-    def _config(self, *, foreground: bool) -> uvicorn.Config:
+    def _start(self, timeout: float, *, foreground: bool) -> MockUpstream:
+        if self._thread is not None:
+            raise RuntimeError("mock upstream already started")
+        logging.getLogger("uvicorn.error").addFilter(_QUIET_CUTS)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        self._stopping, self._error = False, None
         logging_options: dict[str, Any] = {"log_level": "info"} if foreground else {"log_config": None}
-        return uvicorn.Config(
+        config = uvicorn.Config(
             self.app,
             host=self.host,
             port=self.port,
@@ -273,10 +277,23 @@ class MockUpstream:
             backlog=2048,
             **logging_options,
         )
+        self._server = server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._run, args=(sock,), name=f"mock-upstream-{self.port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if self._error is not None or not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mock upstream did not start: {self._error!r}")
+            time.sleep(0.005)
+        return self
 
     def _run(self, sock: socket.socket) -> None:
         try:
-            asyncio.run(self._serve(sock))
+            with asyncio.Runner(loop_factory=_new_loop) as runner:
+                runner.run(self._serve(sock))
         except BaseException as exc:  # reported by start(); never let a thread die noisily
             self._error = exc
         finally:
