@@ -15,12 +15,13 @@ import time
 
 import httpx
 import orjson
+from starlette.types import Send
 
 from proxy import metrics
 from proxy.context import RequestContext, Usage
 from proxy.providers.openai import ChatStreamMeter
 from proxy.runtime import ProviderRuntime
-from proxy.sse import SSEDecoder
+from proxy.sse import SSEDecoder, encode_event
 from proxy.tokens import estimate_prompt_tokens
 from proxy.upstream import transport_error
 
@@ -30,7 +31,7 @@ _DONE = b"data: [DONE]\n\n"
 
 
 async def relay_chat_stream(
-    ctx: RequestContext, provider: ProviderRuntime, response: httpx.Response, send, deadline: float | None
+    ctx: RequestContext, provider: ProviderRuntime, response: httpx.Response, send: Send, deadline: float | None
 ) -> None:
     meter = ChatStreamMeter()
     decoder = SSEDecoder()
@@ -40,14 +41,15 @@ async def relay_chat_stream(
     try:
         async with asyncio.timeout_at(deadline):
             async for chunk in response.aiter_raw():
-                out: list[bytes] = []
+                out: list[bytes] | None = [] if strip_usage else None
                 for event in decoder.feed(chunk):
-                    saw_done = _handle(ctx, meter, event.data, strip_usage, out) or saw_done
-                if out:
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            out = []
+                    saw_done = _handle(ctx, meter, event.data, out) or saw_done
+                body = chunk if out is None else b"".join(out)  # nothing to strip: the upstream's bytes
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            out = [] if strip_usage else None
             for event in decoder.flush():
-                saw_done = _handle(ctx, meter, event.data, strip_usage, out) or saw_done
+                saw_done = _handle(ctx, meter, event.data, out) or saw_done
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
         if meter.error is not None:
@@ -56,7 +58,8 @@ async def relay_chat_stream(
             metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_error").inc()
         elif not saw_done and meter.finish_reason is None:
             failure = "the upstream closed the stream before it finished"
-    except (httpx.HTTPError, TimeoutError) as exc:
+            metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_interrupted").inc()
+    except (httpx.HTTPError, TimeoutError) as exc:  # counted by transport_error
         failure = transport_error(ctx, provider, exc).message
     finally:
         await response.aclose()
@@ -71,7 +74,6 @@ async def relay_chat_stream(
         provider.record_ok()
     elif meter.error is None:
         ctx.fail(502, "upstream_stream_interrupted", failure)
-        metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_interrupted").inc()
         error = {"message": f"Stream interrupted: {failure}", "type": "upstream_error",
                  "param": None, "code": "stream_interrupted"}
         await send({"type": "http.response.body", "body": b"data: " + orjson.dumps({"error": error}) + b"\n\n",
@@ -79,15 +81,17 @@ async def relay_chat_stream(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _handle(ctx: RequestContext, meter: ChatStreamMeter, data: bytes, strip_usage: bool, out: list[bytes]) -> bool:
-    """Meter one event and queue it for the client; True if it was the ``[DONE]`` sentinel."""
+def _handle(ctx: RequestContext, meter: ChatStreamMeter, data: bytes, out: list[bytes] | None) -> bool:
+    """Meter one event and, when re-framing (``out`` given), queue it for the client unless it
+    is the usage-only chunk; True if it was the ``[DONE]`` sentinel."""
     if data == b"[DONE]":
-        out.append(_DONE)
+        if out is not None:
+            out.append(_DONE)
         return True
     before = meter.output_events
     usage_only = meter.feed(data)
     if meter.output_events != before and ctx.first_token_at is None:
         ctx.first_token_at = time.perf_counter()
-    if not (usage_only and strip_usage):
-        out.append(b"data: " + data + b"\n\n")
+    if out is not None and not usage_only:
+        out.append(b"data: " + data + b"\n\n" if b"\n" not in data else encode_event(data))
     return False

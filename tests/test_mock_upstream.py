@@ -28,11 +28,10 @@ def server() -> Iterator[MockUpstream]:
 
 
 @pytest.fixture
-def mock(server: MockUpstream) -> Iterator[MockUpstream]:
-    """The shared server, clean and with default behaviour for each test."""
+def mock(server: MockUpstream) -> MockUpstream:
+    """The shared server, back to default behaviour and zero counters for each test."""
     server.reset()
-    yield server
-    server.latency_ms, server.chunk_ms, server.chunks, server.cached_tokens = 0, 0, 5, 0
+    return server
 
 
 @pytest.fixture
@@ -148,24 +147,17 @@ def test_tool_call_stream_reassembles_to_valid_json(client: httpx.Client) -> Non
 
 def test_reasoner_emits_reasoning_content(client: httpx.Client) -> None:
     body = client.post(CHAT, json=chat(model="deepseek-reasoner")).json()
-    assert body["choices"][0]["message"]["reasoning_content"]
+    reasoning = body["choices"][0]["message"]["reasoning_content"]
+    assert reasoning
+    assert body["choices"][0]["message"]["content"] == "Hello from the mock upstream."
     assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
     assert body["usage"]["completion_tokens"] == 5 + 3
 
-    deltas = [
-        c["choices"][0]["delta"]
-        for c in events(client.post(CHAT, json=chat(model="deepseek-reasoner", stream=True)).text)[:-1]
-    ]
-    kinds = [
-        "reasoning" if d.get("reasoning_content") else "content"
-        for d in deltas
-        if d.get("reasoning_content") or d.get("content")
-    ]
-    assert kinds == ["reasoning"] * 3 + ["content"] * 5
-    assert (
-        "".join(d.get("reasoning_content") or "" for d in deltas)
-        == body["choices"][0]["message"]["reasoning_content"]
-    )
+    stream = client.post(CHAT, json=chat(model="deepseek-reasoner", stream=True))
+    deltas = [c["choices"][0]["delta"] for c in events(stream.text)[:-1]]
+    order = [key for d in deltas for key in ("reasoning_content", "content") if d.get(key)]
+    assert order == ["reasoning_content"] * 3 + ["content"] * 5
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == reasoning
 
 
 @pytest.mark.parametrize(
@@ -211,6 +203,13 @@ def test_directive_only_read_from_last_user_message(client: httpx.Client) -> Non
     bad = client.post(CHAT, json=chat("#mock stauts=500"))
     assert bad.status_code == 400
     assert "stauts" in bad.json()["error"]["message"]
+
+
+def test_reset_restores_constructor_defaults() -> None:
+    upstream = MockUpstream(chunks=3)
+    upstream.chunks, upstream.chunk_ms, upstream.streams_cut = 9, 40, 2
+    upstream.reset()
+    assert (upstream.chunks, upstream.chunk_ms, upstream.streams_cut) == (3, 0, 0)
 
 
 def test_models_list(client: httpx.Client) -> None:
@@ -284,3 +283,30 @@ def test_hang_releases_on_client_timeout_and_on_stop() -> None:
     waiter.join(5)
     assert stopped_in < 1.5
     assert outcome == [503]
+
+
+def test_stop_cuts_a_running_stream_quickly() -> None:
+    upstream = MockUpstream(chunk_ms=50, chunks=100).start()
+    errors: list[Exception] = []
+
+    def read_stream() -> None:
+        with httpx.Client(base_url=upstream.base_url_v1, timeout=10.0) as http:
+            try:
+                with http.stream("POST", CHAT, json=chat(stream=True)) as r:
+                    for _ in r.iter_lines():
+                        pass
+            except httpx.HTTPError as exc:
+                errors.append(exc)
+
+    reader = threading.Thread(target=read_stream)
+    reader.start()
+    try:
+        assert upstream.wait_for(lambda: upstream.streams_started == 1)
+    finally:
+        started = time.monotonic()
+        upstream.stop()
+        stopped_in = time.monotonic() - started
+    reader.join(5)
+    assert stopped_in < 1.5
+    assert [type(e) for e in errors] == [httpx.RemoteProtocolError]
+    assert (upstream.streams_cut, upstream.streams_completed, upstream.streams_aborted_by_client) == (1, 0, 0)

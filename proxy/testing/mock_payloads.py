@@ -17,12 +17,8 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "BODY_KINDS",
-    "CONTENT_WORDS",
-    "DONE_FRAME",
     "REASONING_PIECES",
     "TOOL_ARGUMENTS",
-    "TOOL_ARGUMENT_FRAGMENTS",
     "TOOL_CALL_ID",
     "Options",
     "Receive",
@@ -34,22 +30,20 @@ __all__ = [
     "error_event_frame",
     "error_json",
     "header_dict",
-    "message_text",
     "models_body",
     "parse_options",
     "prompt_tokens",
-    "raw_error_body",
     "respond",
     "send_failure",
 ]
 
-CONTENT_WORDS = ("Hello", " from", " the", " mock", " upstream.")
+_CONTENT_WORDS = ("Hello", " from", " the", " mock", " upstream.")
 REASONING_PIECES = ("Let me", " think", " it through.")
 TOOL_CALL_ID = "call_mock_1"
 TOOL_ARGUMENTS = '{"city": "Paris"}'
-TOOL_ARGUMENT_FRAGMENTS = ('{"city"', ': "Par', 'is"}')
-DONE_FRAME = b"data: [DONE]\n\n"
-BODY_KINDS = ("text", "html", "empty")
+_TOOL_ARGUMENT_FRAGMENTS = ('{"city"', ': "Par', 'is"}')
+_DONE_FRAME = b"data: [DONE]\n\n"
+_BODY_KINDS = ("text", "html", "empty")
 _FINGERPRINT = "fp_mock"
 
 Scope = MutableMapping[str, Any]
@@ -67,17 +61,7 @@ _ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
     503: ("server_error", None, "The engine is currently overloaded, please try again later (mock)."),
 }
 _INT_KEYS = frozenset(
-    {
-        "status",
-        "retry_after",
-        "hang",
-        "cut_after",
-        "error_event_after",
-        "chunks",
-        "latency_ms",
-        "chunk_ms",
-        "cached",
-    }
+    "status retry_after hang cut_after error_event_after chunks latency_ms chunk_ms cached".split()
 )
 
 
@@ -102,7 +86,7 @@ class Options:
         return self.body is not None or (self.status is not None and self.status >= 400)
 
 
-def message_text(message: Any) -> str:
+def _message_text(message: Any) -> str:
     """A message's text: string content, or the ``text`` parts of list content joined by spaces."""
     content = message.get("content") if isinstance(message, dict) else None
     if isinstance(content, str):
@@ -115,34 +99,38 @@ def message_text(message: Any) -> str:
 
 def prompt_tokens(messages: list[Any]) -> int:
     """3 per message plus its whitespace-separated words: crude, but easy to predict in a test."""
-    return sum(3 + len(message_text(m).split()) for m in messages)
+    return sum(3 + len(_message_text(m).split()) for m in messages)
 
 
 def content_pieces(n: int) -> list[str]:
     """The ``n`` streamed content pieces; joined, they are the non-stream content."""
-    return [CONTENT_WORDS[i] if i < len(CONTENT_WORDS) else f" more{i}" for i in range(n)]
+    return [_CONTENT_WORDS[i] if i < len(_CONTENT_WORDS) else f" more{i}" for i in range(n)]
 
 
-def parse_options(messages: list[Any], defaults: Options) -> Options:
+def parse_options(body: Any, defaults: Options) -> Options:
     """Overlay the ``#mock`` lines of the last user message on ``defaults``.
 
-    Raises ValueError on an unknown key or a bad value, so a typo in a test fails loudly.
+    Raises ValueError for a body without messages, or an unknown key or bad value in a
+    directive, so a typo in a test fails loudly.
     """
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list (mock).")
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     changes: dict[str, Any] = {}
-    for line in message_text(users[-1]).splitlines() if users else []:
+    for line in _message_text(users[-1]).splitlines() if users else []:
         words = line.split()
         if not words or words[0] != "#mock":
             continue
         for pair in words[1:]:
             key, sep, value = pair.partition("=")
-            if key == "body" and sep and value in BODY_KINDS:
+            if key == "body" and sep and value in _BODY_KINDS:
                 changes[key] = value
             elif key in _INT_KEYS and sep and value.isdigit():
                 changes[key] = bool(int(value)) if key == "hang" else int(value)
             else:
                 keys = ", ".join(sorted(_INT_KEYS | {"body"}))
-                raise ValueError(f"bad #mock directive {pair!r}; keys: {keys}; body is one of {BODY_KINDS}")
+                raise ValueError(f"bad #mock directive {pair!r}; keys: {keys}; body is one of {_BODY_KINDS}")
     return dataclasses.replace(defaults, **changes)
 
 
@@ -154,11 +142,15 @@ def error_json(status: int, message: str | None = None) -> bytes:
     return orjson.dumps({"error": error})
 
 
-def raw_error_body(kind: str, status: int) -> tuple[bytes, bytes]:
+def _raw_error_body(kind: str, status: int) -> tuple[bytes, bytes]:
     """A non-JSON error page (content type, body), as proxies and load balancers send them."""
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     if kind == "html":
-        page = f"<html><head><title>{status} {phrase}</title></head><body><h1>{status} {phrase}</h1></body></html>"
+        title = f"{status} {phrase}"
+        page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
         return b"text/html; charset=utf-8", page.encode()
     if kind == "empty":
         return b"text/plain; charset=utf-8", b""
@@ -199,7 +191,7 @@ class Reply:
         return "tool_calls" if self.tool_name else "stop"
 
     def usage(self) -> dict[str, Any]:
-        main = len(TOOL_ARGUMENT_FRAGMENTS) if self.tool_name else len(self.content)
+        main = len(_TOOL_ARGUMENT_FRAGMENTS) if self.tool_name else len(self.content)
         completion = main + len(self.reasoning)
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -239,7 +231,7 @@ class Reply:
         )
         return frames + [
             self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": a}}]})
-            for a in TOOL_ARGUMENT_FRAGMENTS
+            for a in _TOOL_ARGUMENT_FRAGMENTS
         ]
 
     def stream_tail(self) -> list[bytes]:
@@ -249,7 +241,7 @@ class Reply:
             frames.append(
                 _frame({**self._envelope("chat.completion.chunk"), "choices": [], "usage": self.usage()})
             )
-        return [*frames, DONE_FRAME]
+        return [*frames, _DONE_FRAME]
 
     def _envelope(self, obj: str) -> dict[str, Any]:
         return {
@@ -325,5 +317,5 @@ async def send_failure(send: Send, opts: Options, rid: bytes) -> None:
     extra = ((b"retry-after", str(opts.retry_after).encode()),) if opts.retry_after is not None else ()
     if opts.body is None:
         return await respond(send, status, error_json(status), rid, extra=extra)
-    content_type, body = raw_error_body(opts.body, status)
+    content_type, body = _raw_error_body(opts.body, status)
     await respond(send, status, body, rid, content_type, extra)

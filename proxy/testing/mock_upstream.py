@@ -22,20 +22,24 @@ Token rule, kept crude so other tests can predict it:
 * ``cached_tokens`` = min(cached, prompt_tokens); ``total_tokens`` = prompt + completion.
 
 Directives: a line ``#mock key=value ...`` in the last user message overrides the server
-defaults for that request (unknown keys get a 400): ``status`` (error response, with
-``retry_after`` -> ``Retry-After``), ``body=text|html|empty`` (non-JSON error body, 502
-unless ``status`` says otherwise), ``hang=1`` (never answer until the client leaves or
-the server stops), ``latency_ms`` (before headers), ``chunk_ms`` (before each stream
-chunk), ``chunks``, ``cached``, ``cut_after=N`` / ``error_event_after=N`` (stream: after
-the role chunk and N more chunks, drop the socket / send an ``{"error": ...}`` event and
-end). ``cut_after`` raises inside the app so uvicorn closes the transport mid-body: the
-client sees an incomplete chunked body (httpx: ``RemoteProtocolError``).
+defaults for that one request; an unknown key or a non-integer value gets a 400.
 
-Counters: every stream that starts ends as exactly one of ``streams_completed`` ([DONE]
-sent), ``streams_aborted_by_client`` (the client left first; seen through
-``http.disconnect``) or ``streams_cut`` (cut_after, error_event_after, server stop).
-An abort is only seen while the mock is still working, so give a stream ``chunk_ms``
-when a test means to leave it half-way.
+* ``status=N`` (N >= 400): OpenAI error body for N; ``retry_after=S`` adds ``Retry-After``.
+* ``body=text|html|empty``: a non-JSON error body instead (status 502 unless ``status``).
+* ``hang=1``: never answer, until the client leaves or ``stop()`` (which answers 503).
+* ``latency_ms`` (before the headers), ``chunk_ms`` (between stream chunks), ``chunks``,
+  ``cached``: per-request versions of the server-wide attributes.
+* ``cut_after=N`` / ``error_event_after=N`` (streams): after the role chunk and N more
+  chunks, drop the connection / send an ``{"error": ...}`` event and end cleanly. The cut
+  is an exception raised in the app, so uvicorn closes the transport mid-body and the
+  client sees an incomplete chunked body (httpx: ``RemoteProtocolError``).
+
+Observing: ``requests`` lists every ``RecordedRequest``; each started stream ends as one
+of ``streams_completed`` ([DONE] sent), ``streams_aborted_by_client`` (``http.disconnect``
+seen first; also counted in ``requests_aborted_by_client``) or ``streams_cut`` (cut_after,
+error_event_after, stop()); ``in_flight`` is live. The counters move on the server's
+thread, hence ``wait_for``. An abort is only seen while the mock is still working, so a
+test that leaves a stream half-way should give it ``chunk_ms``.
 """
 
 from __future__ import annotations
@@ -79,14 +83,9 @@ class _CutConnection(Exception):
     """Raised in the app so uvicorn drops the socket mid-response; ASGI has no other way."""
 
 
-class _QuietCuts(logging.Filter):
-    """Hides uvicorn's traceback for the cuts we make on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _CutConnection))
-
-
-_QUIET_CUTS = _QuietCuts()
+def _not_our_cut(record: logging.LogRecord) -> bool:
+    """Log filter: hide uvicorn's traceback for the cuts made on purpose."""
+    return not (record.exc_info and isinstance(record.exc_info[1], _CutConnection))
 
 
 @dataclass(slots=True)
@@ -161,13 +160,8 @@ class MockUpstream:
         models: tuple[str, ...] | list[str] = DEFAULT_MODELS,
     ) -> None:
         self.host, self.port = host, port
-        self.latency_ms, self.chunk_ms, self.chunks, self.cached_tokens = (
-            latency_ms,
-            chunk_ms,
-            chunks,
-            cached_tokens,
-        )
-        self.models = list(models)
+        self._defaults = (latency_ms, chunk_ms, chunks, cached_tokens, tuple(models))
+        self.in_flight = 0  # a live gauge, so reset() leaves it alone
         self.reset()
         self._received = 0
         self._calls: set[_Call] = set()
@@ -178,11 +172,15 @@ class MockUpstream:
         self._error: BaseException | None = None
 
     def reset(self) -> None:
-        """Forget recorded requests and zero the counters (between phases of one test)."""
+        """Back to as-constructed: behaviour attributes, counters and recorded requests.
+
+        A session-wide mock is reset per test, so one test's ``chunk_ms`` never leaks.
+        """
+        self.latency_ms, self.chunk_ms, self.chunks, self.cached_tokens, models = self._defaults
+        self.models = list(models)
         self.requests: list[RecordedRequest] = []
         self.streams_started = self.streams_completed = self.streams_aborted_by_client = self.streams_cut = 0
         self.requests_aborted_by_client = 0
-        self.in_flight = 0
 
     @property
     def url(self) -> str:
@@ -216,9 +214,10 @@ class MockUpstream:
     def serve_forever(self) -> None:
         """Serve with access logs until Ctrl+C, for manual and load testing."""
         thread = self._start(10.0, foreground=True)._thread
+        logging.getLogger("uvicorn.error").info("Mock upstream on %s (Ctrl+C to stop)", self.base_url_v1)
         try:
             while thread is not None and thread.is_alive():
-                thread.join(0.5)
+                time.sleep(0.2)  # not join(): on 3.11 a Ctrl+C inside join() marks the thread stopped
         except KeyboardInterrupt:
             pass
         finally:
@@ -253,7 +252,7 @@ class MockUpstream:
     def _start(self, timeout: float, *, foreground: bool) -> MockUpstream:
         if self._thread is not None:
             raise RuntimeError("mock upstream already started")
-        logging.getLogger("uvicorn.error").addFilter(_QUIET_CUTS)
+        logging.getLogger("uvicorn.error").addFilter(_not_our_cut)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -312,7 +311,7 @@ class MockUpstream:
     # -- ASGI --------------------------------------------------------------------------
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI app; usable in-process too (e.g. ``httpx.ASGITransport``)."""
+        """The ASGI app uvicorn serves: record the request, then answer it."""
         if scope["type"] != "http":
             return
         chunks: list[bytes] = []
@@ -350,16 +349,11 @@ class MockUpstream:
             self.in_flight -= 1
 
     async def _chat(self, body: Any, number: int, receive: Receive, send: Send, rid: bytes) -> None:
-        messages = body.get("messages") if isinstance(body, dict) else None
-        if not isinstance(messages, list) or not messages:
-            return await respond(
-                send, 400, error_json(400, "'messages' must be a non-empty list (mock)."), rid
-            )
         defaults = Options(
             chunks=self.chunks, latency_ms=self.latency_ms, chunk_ms=self.chunk_ms, cached=self.cached_tokens
         )
         try:
-            opts = parse_options(messages, defaults)
+            opts = parse_options(body, defaults)
         except ValueError as exc:
             return await respond(send, 400, error_json(400, str(exc)), rid)
         streaming = body.get("stream") is True and not opts.failing
