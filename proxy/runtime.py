@@ -7,6 +7,7 @@ new Runtime and swaps one reference) never changes the rules under a request in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 from plugins import PluginChain, validate_specs
+from proxy import __version__
 from proxy.catalog import Catalog
 from proxy.config import Config, ConfigError, ProviderConfig, load_config
 from proxy.context import Target
@@ -54,7 +56,10 @@ class ProviderRuntime:
     base_url: str
     headers: dict[str, str]
     catalog_id: str
-    client: httpx.AsyncClient | None = None
+    timeout: httpx.Timeout
+    transport: AiohttpTransport | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+    _urls: dict[str, httpx.URL] = field(default_factory=dict)
     last_ok: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
@@ -74,6 +79,13 @@ class ProviderRuntime:
             info["last_error_at"] = round(self.last_error_at or 0, 3)
         return info
 
+    def url(self, path: str) -> httpx.URL:
+        """The upstream URL for an API path, parsed once per provider and path."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.base_url + path)
+        return url
+
     def record_ok(self) -> None:
         self.last_ok = time.time()
 
@@ -83,6 +95,7 @@ class ProviderRuntime:
 
 
 def _build_provider(name: str, cfg: ProviderConfig, missing_env: dict[str, str]) -> ProviderRuntime:
+    t = cfg.timeouts
     reason = None
     if not cfg.enabled:
         reason = "disabled in config"
@@ -90,7 +103,12 @@ def _build_provider(name: str, cfg: ProviderConfig, missing_env: dict[str, str])
         var = missing_env.get(f"providers.{name}.api_key")
         reason = f"{var} is not set" if var else "no api_key configured"
     # identity: bytes are relayed as received, so they must not arrive compressed
-    headers = {"content-type": "application/json", "accept-encoding": "identity", **cfg.headers}
+    headers = {
+        "content-type": "application/json",
+        "accept-encoding": "identity",
+        "user-agent": f"llm-proxy/{__version__}",
+        **cfg.headers,
+    }
     if cfg.api_key:
         headers["authorization"] = f"Bearer {cfg.api_key}"
     return ProviderRuntime(
@@ -101,6 +119,7 @@ def _build_provider(name: str, cfg: ProviderConfig, missing_env: dict[str, str])
         base_url=cfg.base_url.rstrip("/"),
         headers=headers,
         catalog_id=cfg.catalog_provider or name,
+        timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
     )
 
 
@@ -131,7 +150,7 @@ class Runtime:
             for model in p.config.models:
                 models.setdefault(model, []).append(Target(p.name, model))
         overrides = {
-            (p.name, model): {k: v for k, v in vars_of(price).items() if v is not None}
+            (p.name, model): {k: v for k, v in dataclasses.asdict(price).items() if v is not None}
             for p in providers.values()
             for model, price in p.config.prices.items()
         }
@@ -158,17 +177,14 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        """Open pooled upstream clients and the log writer; called from the lifespan."""
+        """Open pooled upstream connections and the log writer; called from the lifespan."""
         if self.started:
             return
         self.log_writer.start()
         for p in self.providers.values():
             if p.enabled:
-                t = p.config.timeouts
-                p.client = httpx.AsyncClient(
-                    transport=AiohttpTransport(limit=p.config.max_connections),
-                    timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
-                )
+                p.transport = AiohttpTransport(limit=p.config.max_connections)
+                p.extensions = {"timeout": p.timeout.as_dict()}
         self.started = True
         if self.keys.open:
             logger.warning("no client keys configured: serving loopback clients only (set auth.master_key)")
@@ -183,15 +199,11 @@ class Runtime:
 
     async def aclose(self) -> None:
         for p in self.providers.values():
-            if p.client is not None:
-                await p.client.aclose()
-                p.client = None
+            if p.transport is not None:
+                await p.transport.aclose()
+                p.transport = None
         self.log_writer.close()
         self.started = False
-
-
-def vars_of(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
 
 
 class RuntimeHolder:

@@ -1,28 +1,21 @@
 """An ``httpx`` transport backed by one shared ``aiohttp.ClientSession``.
 
-The gateway speaks httpx everywhere (requests, responses, exception types), but httpx's own
-connection pool costs several times the CPU of aiohttp's per proxied request. This transport
-keeps the httpx API and puts aiohttp's pool and parser underneath, with as little glue as
-possible: request headers go across once, response headers stay ``raw`` byte pairs, the body
-is streamed chunk by chunk as it arrives.
+The gateway speaks httpx (requests, responses, exception types), but httpx's own pool costs
+several times aiohttp's CPU per proxied request. This keeps the httpx API over aiohttp's pool
+and parser with as little glue as possible: request headers cross once, response headers stay
+``raw`` byte pairs, body chunks are handed over as they arrive.
 
-Decisions, and why:
-
-* Bytes are passed through undecoded (``auto_decompress=False``), as every httpx transport
-  must: ``httpx.Response`` decodes ``Content-Encoding`` itself in ``aread()``/``aiter_bytes()``
-  and would decode twice otherwise; ``aiter_raw()``/``response.stream`` stay untouched.
-  aiohttp adds no ``Accept``/``Accept-Encoding``/``User-Agent``/``Content-Type`` of its own:
-  what the ``httpx.Request`` carries is what goes upstream. The gateway must parse usage out
-  of bodies, so it should ask upstreams for ``accept-encoding: identity``.
-* Timeouts come only from ``request.extensions["timeout"]`` (what ``httpx.AsyncClient`` sets);
-  missing keys mean no limit, as in httpcore. There is never a total timeout: a long
-  generation is only cut by ``read`` (idle time between received chunks, aiohttp
-  ``sock_read``). ``connect`` bounds each TCP/TLS connect (``sock_connect``); ``pool`` is the
-  extra time a request may wait for a free slot (aiohttp ``connect`` = pool + connect; DNS
-  counts here). ``write`` has no aiohttp equivalent and is ignored.
+* Bodies pass through undecoded (``auto_decompress=False``), as httpx requires of a transport:
+  ``httpx.Response`` decodes ``Content-Encoding`` itself in ``aread()``/``aiter_bytes()``, while
+  ``aiter_raw()``/``.stream`` stay raw. aiohttp adds no ``Accept``/``Accept-Encoding``/
+  ``User-Agent``/``Content-Type`` of its own: the ``httpx.Request`` is what goes upstream. The
+  gateway parses usage out of bodies, so it should send ``accept-encoding: identity``.
+* Timeouts come only from ``request.extensions["timeout"]`` (as set by ``httpx.AsyncClient``);
+  a missing one means no limit, as in httpcore. Never a total timeout, so a long generation is
+  only cut by ``read``: idle time between received bytes (``sock_read``). ``connect`` bounds
+  each TCP/TLS connect (``sock_connect``); ``pool`` is the extra time a request may wait for a
+  free slot (aiohttp ``connect`` = pool + connect, DNS included). ``write`` is not supported.
 * Upstream cookies are never stored or sent: one session serves every gateway user.
-* ``aclose()`` of a half-read body closes its connection; a fully read one went back to the
-  pool as soon as its last byte arrived.
 """
 
 from __future__ import annotations
@@ -38,14 +31,13 @@ __all__ = ["AiohttpByteStream", "AiohttpTransport"]
 
 _TimeoutKey = tuple[float | None, float | None, float | None]
 _TIMEOUTS: dict[_TimeoutKey, aiohttp.ClientTimeout] = {}
-_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], type[httpx.TransportError]], ...] = (
+# closed before/while answering, truncated or malformed response
+_BROKEN = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)
+_ERRORS: tuple[tuple[type | tuple[type, ...], type[httpx.TransportError]], ...] = (
     (aiohttp.ServerTimeoutError, httpx.ReadTimeout),  # sock_read: SocketTimeoutError
     (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, DNS, TLS handshake/certificate
     (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
-    (
-        (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError),
-        httpx.RemoteProtocolError,
-    ),  # closed before/while answering, truncated or malformed response
+    (_BROKEN, httpx.RemoteProtocolError),
 )
 
 
@@ -106,12 +98,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = 15.0,
         ssl: _ssl.SSLContext | bool = True,
     ) -> None:
-        self._connector_kwargs = {
-            "limit": limit,
-            "limit_per_host": limit_per_host,
-            "keepalive_timeout": keepalive_expiry,
-            "ssl": ssl,
-        }
+        self._connector_kwargs = dict(
+            limit=limit, limit_per_host=limit_per_host, keepalive_timeout=keepalive_expiry, ssl=ssl
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:

@@ -16,13 +16,17 @@ __all__ = ["open_upstream", "transport_error"]
 
 async def open_upstream(ctx: RequestContext, provider: ProviderRuntime, path: str, body: bytes) -> httpx.Response:
     """POST ``body`` and return the response with its body still unread (streaming)."""
-    client = provider.client
-    if client is None:
+    transport = provider.transport
+    if transport is None:
         raise ProxyError(503, f"Provider '{provider.name}' is not started.", type="server_error")
-    request = client.build_request("POST", provider.base_url + path, content=body, headers=provider.headers)
+    # The transport directly, not AsyncClient.send: the client's URL merging and cookie jar
+    # cost more than the rest of the gateway per request (docs/benchmarks.md).
+    request = httpx.Request(
+        "POST", provider.url(path), headers=provider.headers, content=body, extensions=provider.extensions
+    )
     ctx.upstream_started = time.perf_counter()
     try:
-        response = await client.send(request, stream=True)
+        response = await transport.handle_async_request(request)
     except httpx.HTTPError as exc:
         raise transport_error(ctx, provider, exc) from None
     ctx.upstream_headers_at = time.perf_counter()
