@@ -7,6 +7,7 @@ is handed to the request log exactly once, whatever happened to it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -29,11 +30,16 @@ logger = logging.getLogger("llm_proxy")
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
+# Unique per process (random prefix) and cheap: os.urandom is a syscall per request.
+_ID_PREFIX = "req_" + os.urandom(6).hex()
+_ids = itertools.count(1)
+
+
 def _request_id(scope: Scope) -> str:
     given = header(scope, b"x-request-id")
     if given is not None and _VALID_ID.fullmatch(given):
         return given.decode()
-    return "req_" + os.urandom(12).hex()
+    return f"{_ID_PREFIX}{next(_ids):012x}"
 
 
 class RequestContextMiddleware:

@@ -65,7 +65,8 @@ class DatabaseConfig:
 @dataclass(frozen=True, slots=True)
 class RequestLogConfig:
     queue_size: int = 50_000
-    batch_size: int = 500
+    batch_size: int = 1000
+    flush_ms: int = 100
 
 
 @dataclass(frozen=True, slots=True)

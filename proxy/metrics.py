@@ -7,6 +7,8 @@ names cannot blow up the series count.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -17,9 +19,11 @@ __all__ = [
     "OVERHEAD",
     "REQUESTS",
     "REQUEST_DURATION",
+    "Series",
     "TOKENS",
     "TTFT",
     "UPSTREAM_ERRORS",
+    "series",
 ]
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -53,3 +57,41 @@ OVERHEAD = Histogram(
 )
 LOG_QUEUE_DEPTH = Gauge("llm_proxy_log_queue_depth", "Request-log rows waiting to be written.")
 LOG_DROPPED = Counter("llm_proxy_log_dropped", "Request-log rows dropped because the queue was full.")
+
+
+class Series:
+    """The labelled children for one (endpoint, provider, model), resolved once.
+
+    ``Counter.labels()`` validates and locks on every call; the label sets are bounded, so
+    the children are looked up once and kept.
+    """
+
+    __slots__ = ("duration", "ttft", "prompt", "completion", "reasoning", "cached", "cost", "_requests", "_key")
+
+    def __init__(self, endpoint: str, provider: str, model: str) -> None:
+        self._key = (endpoint, provider, model)
+        self.duration = REQUEST_DURATION.labels(endpoint, provider, model)
+        self.ttft = TTFT.labels(provider, model)
+        self.prompt = TOKENS.labels(provider, model, "prompt")
+        self.completion = TOKENS.labels(provider, model, "completion")
+        self.reasoning = TOKENS.labels(provider, model, "reasoning")
+        self.cached = TOKENS.labels(provider, model, "cached")
+        self.cost = COST.labels(provider, model)
+        self._requests: dict[int, Any] = {}
+
+    def requests(self, status: int) -> Any:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = REQUESTS.labels(*self._key, str(status))
+        return child
+
+
+_SERIES: dict[tuple[str, str, str], Series] = {}
+
+
+def series(endpoint: str, provider: str, model: str) -> Series:
+    key = (endpoint, provider, model)
+    found = _SERIES.get(key)
+    if found is None:
+        found = _SERIES[key] = Series(endpoint, provider, model)
+    return found

@@ -171,6 +171,7 @@ class Runtime:
                 config.database.path,
                 queue_size=config.request_log.queue_size,
                 batch_size=config.request_log.batch_size,
+                flush_interval=config.request_log.flush_ms / 1000.0,
             ),
             max_body_bytes=int(config.server.max_body_mb * 1024 * 1024),
             known_labels=frozenset(models) | frozenset(config.aliases),

@@ -41,23 +41,23 @@ def finish_request(ctx: RequestContext) -> None:
     model = model_label(ctx)
     seconds = ctx.latency_ms / 1000.0
     status = ctx.status or 500
-    metrics.REQUESTS.labels(ctx.endpoint, provider, model, str(status)).inc()
-    metrics.REQUEST_DURATION.labels(ctx.endpoint, provider, model).observe(seconds)
+    labelled = metrics.series(ctx.endpoint, provider, model)
+    labelled.requests(status).inc()
+    labelled.duration.observe(seconds)
     if ctx.first_token_at is not None:
-        metrics.TTFT.labels(provider, model).observe(ctx.first_token_at - ctx.started)
+        labelled.ttft.observe(ctx.first_token_at - ctx.started)
     if ctx.overhead_ms is not None:
         metrics.OVERHEAD.observe(ctx.overhead_ms / 1000.0)
     usage = ctx.usage
     if usage is not None:
-        tokens = metrics.TOKENS
-        tokens.labels(provider, model, "prompt").inc(usage.prompt_tokens)
-        tokens.labels(provider, model, "completion").inc(usage.completion_tokens)
+        labelled.prompt.inc(usage.prompt_tokens)
+        labelled.completion.inc(usage.completion_tokens)
         if usage.reasoning_tokens:
-            tokens.labels(provider, model, "reasoning").inc(usage.reasoning_tokens)
+            labelled.reasoning.inc(usage.reasoning_tokens)
         if usage.cached_tokens:
-            tokens.labels(provider, model, "cached").inc(usage.cached_tokens)
+            labelled.cached.inc(usage.cached_tokens)
     if ctx.cost:
-        metrics.COST.labels(provider, model).inc(ctx.cost)
+        labelled.cost.inc(ctx.cost)
 
     ctx.runtime.log_writer.submit((
         ctx.started_wall,

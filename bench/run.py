@@ -1,0 +1,114 @@
+"""``make bench``: the gateway with its full chain against the aiohttp passthrough floor, in one run.
+
+Uses the shared CPU-pinned harness (``../shared/bench``: nginx+Lua mock upstream, wrk,
+target on core 0, load on core 1). The gateway runs as a user runs it — one uvicorn worker,
+auth on, metering, SQLite request log, metrics — from ``bench/config.yaml``.
+
+    python bench/run.py [--scenarios ns:1,ns:32,st:32] [--repeats 3] [--duration 10] [--only gateway]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS = Path(os.environ.get("LLM_PROXY_BENCH_HARNESS", ROOT.parent / "shared" / "bench"))
+FLOOR_VENV = Path("/opt/bench/py-venv")
+FLOOR_PACKAGES = ["starlette", "uvicorn[standard]", "aiohttp", "orjson", "uvloop", "httptools"]
+MASTER_KEY = "sk-bench-master-key-0123456789"
+
+
+def ensure_setup() -> None:
+    """The harness's system tools and the floor's venv (not LiteLLM: we do not compare to it here)."""
+    lua = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
+    if not (shutil.which("wrk") and shutil.which("nginx") and lua.exists()):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx", "wrk", "libnginx-mod-http-lua"], check=True, env=env)
+    if not (FLOOR_VENV / "bin" / "uvicorn").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(FLOOR_VENV)], check=True)
+        subprocess.run([str(FLOOR_VENV / "bin" / "pip"), "install", "-q", *FLOOR_PACKAGES], check=True)
+
+
+def harness(*args: str) -> None:
+    subprocess.run([sys.executable, str(HARNESS / "bench.py"), *args], check=True, cwd=ROOT)
+
+
+def run_round(name: str, results: Path, tmp: str, common: list[str]) -> Path:
+    out = results / f"{name}.json"
+    if name.startswith("floor"):
+        cmd = (f"{FLOOR_VENV}/bin/uvicorn passthrough_aiohttp:app --app-dir {HARNESS}/targets "
+               "--host 127.0.0.1 --port {port} --loop uvloop --http httptools --no-access-log --log-level warning")
+        harness("run", "--name", name, "--url", "http://127.0.0.1:18200", "--cmd", cmd, "--out", str(out), *common)
+    else:
+        cmd = (f"env LLM_PROXY__DATABASE__PATH={tmp}/{name}.db LLM_PROXY__PROVIDERS__OPENAI__BASE_URL={{upstream_v1}} "
+               f"{ROOT}/.venv/bin/llm-proxy serve --config {ROOT}/bench/config.yaml --host 127.0.0.1 --port {{port}}")
+        harness("run", "--name", name, "--url", "http://127.0.0.1:18500", "--cmd", cmd, "--api-key", MASTER_KEY,
+                "--ready-path", "/health", "--out", str(out), *common)
+    return out
+
+
+def summarize(pairs: list[tuple[Path, Path]]) -> str:
+    """Per-round gateway/floor ratios and their medians: the machine is noisy, so only
+    figures measured side by side are compared."""
+    rows = []
+    ratios: dict[str, list[float]] = {}
+    for floor_path, gw_path in pairs:
+        floor = json.loads(floor_path.read_text())["summary"]
+        gw_run = json.loads(gw_path.read_text())
+        rss_mb = (gw_run.get("vmhwm_kb") or gw_run.get("peak_rss_kb_sampled") or 0) / 1024
+        for name, g in gw_run["summary"].items():
+            f = floor.get(name)
+            if f is None:
+                continue
+            if name.endswith("_c1"):
+                value = g["p50_ms"] - f["p50_ms"]
+                label = f"{name} added p50 ms"
+            else:
+                value = g["rps"] / f["rps"]
+                label = f"{name} RPS ratio"
+            ratios.setdefault(label, []).append(value)
+            rows.append(f"| {gw_path.stem} | {name} | {g['rps']:.0f} | {f['rps']:.0f} | {g['p50_ms']:.3f} | "
+                        f"{f['p50_ms']:.3f} | {rss_mb:.0f} | {g.get('errors', 0)} |")
+    lines = ["| round | scenario | gateway RPS | floor RPS | gateway p50 ms | floor p50 ms | gateway peak RSS MB | errors |",
+             "|---|---|---|---|---|---|---|---|", *rows, "", "| figure | per round | median |", "|---|---|---|"]
+    for label, values in ratios.items():
+        lines.append(f"| {label} | {', '.join(f'{v:.2f}' for v in values)} | {statistics.median(values):.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="ns:1,ns:32,st:32")
+    parser.add_argument("--rounds", type=int, default=3, help="floor/gateway alternations")
+    parser.add_argument("--repeats", default="2", help="harness repeats per round")
+    parser.add_argument("--duration", default="8")
+    args = parser.parse_args()
+    if not (HARNESS / "bench.py").exists():
+        print(f"benchmark harness not found at {HARNESS} (set LLM_PROXY_BENCH_HARNESS)", file=sys.stderr)
+        return 2
+    ensure_setup()
+    results = ROOT / "results"
+    results.mkdir(exist_ok=True)
+    common = ["--scenarios", args.scenarios, "--repeats", args.repeats, "--duration", args.duration,
+              "--model", "gpt-4o-mini", "--warmup", "3"]
+    pairs = []
+    with tempfile.TemporaryDirectory(prefix="llm-proxy-bench-") as tmp:
+        for i in range(1, args.rounds + 1):
+            pairs.append((run_round(f"floor-{i}", results, tmp, common), run_round(f"gateway-{i}", results, tmp, common)))
+    report = summarize(pairs)
+    (results / "summary.md").write_text(report + "\n")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
