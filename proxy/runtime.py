@@ -60,6 +60,7 @@ class ProviderRuntime:
     transport: AiohttpTransport | None = None
     extensions: dict[str, Any] = field(default_factory=dict)
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
+    _raw_headers: list[tuple[bytes, bytes]] | None = None
     last_ok: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
@@ -78,6 +79,14 @@ class ProviderRuntime:
             info["last_error"] = self.last_error
             info["last_error_at"] = round(self.last_error_at or 0, 3)
         return info
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers for every upstream request, encoded once (host and length are per request)."""
+        raw = self._raw_headers
+        if raw is None:
+            raw = self._raw_headers = [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        return raw
 
     def url(self, path: str) -> httpx.URL:
         """The upstream URL for an API path, parsed once per provider and path."""

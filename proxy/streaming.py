@@ -40,7 +40,7 @@ async def relay_chat_stream(
     failure: str | None = None
     try:
         async with asyncio.timeout_at(deadline):
-            async for chunk in response.aiter_raw():
+            async for chunk in response.stream:  # the raw byte stream; no decoding layers
                 out: list[bytes] | None = [] if strip_usage else None
                 for event in decoder.feed(chunk):
                     saw_done = _handle(ctx, meter, event.data, out) or saw_done

@@ -88,7 +88,7 @@ async def _read(response: httpx.Response, deadline: float | None, limit: int | N
     parts: list[bytes] = []
     size = 0
     async with asyncio.timeout_at(deadline):
-        async for chunk in response.aiter_raw():
+        async for chunk in response.stream:  # the raw byte stream; no decoding layers
             parts.append(chunk)
             size += len(chunk)
             if limit is not None and size >= limit:
