@@ -114,6 +114,7 @@ def _build_provider(name: str, cfg: ProviderConfig, missing_env: dict[str, str])
     # identity: bytes are relayed as received, so they must not arrive compressed
     headers = {
         "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
         "accept-encoding": "identity",
         "user-agent": f"llm-proxy/{__version__}",
         **cfg.headers,

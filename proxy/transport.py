@@ -60,6 +60,9 @@ def _map_error(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.Transp
     return httpx.ReadError(str(exc) or type(exc).__name__, request=request)  # resets, other OS errors
 
 
+_AUTO_HEADERS = frozenset({"accept", "accept-encoding", "user-agent", "content-type"})
+
+
 class AiohttpByteStream(httpx.AsyncByteStream):
     """The response body as aiohttp hands it over: each chunk as soon as it is received."""
 
@@ -109,7 +112,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector=aiohttp.TCPConnector(**self._connector_kwargs),
             timeout=aiohttp.ClientTimeout(),  # the per-request one replaces it; never a total
             auto_decompress=False,
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self._session
@@ -120,6 +122,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         key = (t.get("connect"), t.get("read"), t.get("pool")) if t else (None, None, None)
         timeout = _TIMEOUTS.get(key) or _client_timeout(key)
         headers = request.headers.multi_items()
+        # aiohttp adds these unless told to skip them, and telling it costs a header-set copy per
+        # request: only ask for what this request does not set itself (the gateway sets all).
+        skip = _AUTO_HEADERS.difference(k.lower() for k, _ in headers) or None
         try:
             data: bytes | httpx.AsyncByteStream | None = request.content or None
         except httpx.RequestNotRead:  # streaming upload: aiohttp frames it and sets the header itself
@@ -135,6 +140,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=data,
                 timeout=timeout,
                 allow_redirects=False,
+                skip_auto_headers=skip,
             )
         except aiohttp.ConnectionTimeoutError as exc:
             # aiohttp raises the same error for both timers. Its pool timer ("connect" = pool +

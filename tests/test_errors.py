@@ -414,6 +414,19 @@ def test_upstream_hang_is_504_within_read_timeout(make_gateway: Any, mock: MockU
         assert_logged(row, 504, "upstream_error")
 
 
+def test_total_timeout_covers_the_wait_for_headers(make_gateway: Any, mock: MockUpstream) -> None:
+    """An upstream that is slow to answer at all hits the total deadline, not only the idle one."""
+    gw = make_gateway(providers=_providers(mock, timeouts={"connect": 2, "read": 5, "total": 0.5}))
+    with sdk(gw, timeout=10) as c:
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as info:
+            c.chat.completions.create(model="gpt-4o", messages=user("hi\n#mock latency_ms=3000"))
+        elapsed = time.monotonic() - started
+    assert 0.4 <= elapsed < 2.5, elapsed
+    check_sdk_error(info.value, 504, type="upstream_error", code="upstream_timeout")
+    assert_logged(final_rows(gw, 1)[0], 504, "upstream_error")
+
+
 def test_upstream_silent_mid_stream_times_out(make_gateway: Any, mock: MockUpstream) -> None:
     """Read timeout between chunks: the stream has started, so it ends with an error event."""
     gw = make_gateway(providers=_providers(mock, timeouts={"connect": 2, "read": 0.3, "total": 20}))

@@ -57,26 +57,32 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
         await runtime.plugins.run_before(ctx)
     total = provider.config.timeouts.total
     deadline = asyncio.get_running_loop().time() + total if total else None
-    response = await open_upstream(ctx, provider, CHAT_PATH, _forward_body(ctx))
+    body = _forward_body(ctx)
+    data = b""
+    try:
+        async with asyncio.timeout_at(deadline):  # total: from sending to the last byte
+            response = await open_upstream(ctx, provider, CHAT_PATH, body)
+            status = response.status_code
+            if status >= 400 or not ctx.stream:
+                try:
+                    data = await _read(response, limit=_MAX_ERROR_BODY if status >= 400 else None)
+                finally:
+                    await response.aclose()
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise transport_error(ctx, provider, exc) from None
 
-    status = response.status_code
-    if status >= 400 or not ctx.stream:
-        try:
-            data = await _read(response, deadline, limit=_MAX_ERROR_BODY if status >= 400 else None)
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise transport_error(ctx, provider, exc) from None
-        finally:
-            await response.aclose()
+    if status >= 400:
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
-        if status >= 400:
-            error = upstream_error(provider.name, status, data, response.headers)
-            provider.record_error(f"HTTP {status}: {error.message[:200]}")
-            metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
-            raise error
+        error = upstream_error(provider.name, status, data, response.headers)
+        provider.record_error(f"HTTP {status}: {error.message[:200]}")
+        metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
+        raise error
+    if not ctx.stream:
+        ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
         provider.record_ok()
         ctx.usage, ctx.finish_reason, _ = parse_chat_response(data)
         await send({"type": "http.response.start", "status": status,
-                    "headers": [_JSON, (b"content-length", str(len(data)).encode())]})
+                    "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
         await send({"type": "http.response.body", "body": data})
         return
 
@@ -84,14 +90,12 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
     await relay_chat_stream(ctx, provider, response, send, deadline)
 
 
-async def _read(response: httpx.Response, deadline: float | None, limit: int | None) -> bytes:
+async def _read(response: httpx.Response, limit: int | None) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async with asyncio.timeout_at(deadline):
-        async for chunk in response.stream:  # the raw byte stream; no decoding layers
-            parts.append(chunk)
-            size += len(chunk)
-            if limit is not None and size >= limit:
-                break
+    async for chunk in response.stream:  # the raw byte stream; no decoding layers
+        parts.append(chunk)
+        size += len(chunk)
+        if limit is not None and size >= limit:
+            break
     return b"".join(parts)
-
