@@ -92,6 +92,18 @@ def _variants(model: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+_PICO: dict[float, int | Decimal] = {}
+
+
+def _pico(value: float) -> int | Decimal:
+    """A price as an exact integer of 1e-12 USD per 1M tokens (a Decimal if it has more digits)."""
+    units = _PICO.get(value)
+    if units is None:
+        exact = _dec(value).scaleb(12)
+        units = _PICO[value] = int(exact) if exact == exact.to_integral_value() else exact
+    return units
+
+
 def _dec(value: float) -> Decimal:
     # repr() is the shortest round-tripping literal, i.e. the number as written in the JSON
     return Decimal(repr(value))
@@ -170,15 +182,16 @@ class Catalog:
     def cost(self, model: str, provider: str | None, usage: Usage) -> float | None:
         """USD for one request, or None when no price is known.
 
-        Summed in Decimal from the catalog literals and converted once, so the result is the
-        float nearest the exact amount; binary float sums drift (0.7225556697499999 for
-        0.72255566975) and hand-computed expectations would need tolerances.
+        Summed exactly, in integer pico-dollars per 1M tokens made from the catalog literals,
+        and divided once, so the result is the float nearest the exact amount; binary float
+        sums drift (0.7225556697499999 for 0.72255566975) and hand-computed expectations
+        would need tolerances.
         """
         info = self.pricing(model, provider)
         price = info.price_for(usage.prompt_tokens) if info is not None else None
         if price is None or price.input is None or price.output is None:
             return None
-        inp = _dec(price.input)
+        inp = _pico(price.input)
         cached = max(usage.cached_tokens, 0)
         written = max(usage.cache_write_tokens, 0)
         uncached = max(usage.prompt_tokens - cached - written, 0)
@@ -186,12 +199,14 @@ class Catalog:
         reasoning = min(max(usage.reasoning_tokens, 0), completion) if price.reasoning is not None else 0
         total = (
             uncached * inp
-            + cached * (_dec(price.cache_read) if price.cache_read is not None else inp)
-            + written * (_dec(price.cache_write) if price.cache_write is not None else inp)
-            + (completion - reasoning) * _dec(price.output)
-            + (reasoning * _dec(price.reasoning) if reasoning else 0)
+            + cached * (_pico(price.cache_read) if price.cache_read is not None else inp)
+            + written * (_pico(price.cache_write) if price.cache_write is not None else inp)
+            + (completion - reasoning) * _pico(price.output)
+            + (reasoning * _pico(price.reasoning) if reasoning else 0)
         )
-        return float(total / _MILLION)
+        if isinstance(total, int):
+            return total / 10**18  # pico-USD per 1M tokens → USD: one correctly rounded division
+        return float(total / _MILLION / 10**12)
 
     def _resolve(self, model: str, provider: str | None) -> tuple[ModelInfo | None, ModelInfo | None]:
         key = (model, provider)

@@ -42,22 +42,21 @@ def finish_request(ctx: RequestContext) -> None:
     seconds = ctx.latency_ms / 1000.0
     status = ctx.status or 500
     labelled = metrics.series(ctx.endpoint, provider, model)
-    labelled.requests(status).inc()
+    labelled.count(status)
     labelled.duration.observe(seconds)
     if ctx.first_token_at is not None:
         labelled.ttft.observe(ctx.first_token_at - ctx.started)
     if ctx.overhead_ms is not None:
-        metrics.OVERHEAD.observe(ctx.overhead_ms / 1000.0)
+        metrics.observe_overhead(ctx.overhead_ms / 1000.0)
     usage = ctx.usage
     if usage is not None:
-        labelled.prompt.inc(usage.prompt_tokens)
-        labelled.completion.inc(usage.completion_tokens)
-        if usage.reasoning_tokens:
-            labelled.reasoning.inc(usage.reasoning_tokens)
-        if usage.cached_tokens:
-            labelled.cached.inc(usage.cached_tokens)
+        tokens = labelled.tokens
+        tokens[0] += usage.prompt_tokens
+        tokens[1] += usage.completion_tokens
+        tokens[2] += usage.reasoning_tokens
+        tokens[3] += usage.cached_tokens
     if ctx.cost:
-        labelled.cost.inc(ctx.cost)
+        labelled.cost += ctx.cost
 
     ctx.runtime.log_writer.submit((
         ctx.started_wall,

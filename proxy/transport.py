@@ -121,7 +121,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         t = request.extensions.get("timeout")
         key = (t.get("connect"), t.get("read"), t.get("pool")) if t else (None, None, None)
         timeout = _TIMEOUTS.get(key) or _client_timeout(key)
-        headers = request.headers.multi_items()
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         # aiohttp adds these unless told to skip them, and telling it costs a header-set copy per
         # request: only ask for what this request does not set itself (the gateway sets all).
         skip = _AUTO_HEADERS.difference(k.lower() for k, _ in headers) or None
