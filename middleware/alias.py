@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.body import parse_json_object, read_body, replay
-from proxy.context import SCOPE_KEY
+from proxy.context import get_context
 from proxy.errors import bad_request
 
 __all__ = ["AliasMiddleware"]
@@ -24,7 +24,7 @@ class AliasMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = scope.get("state", {}).get(SCOPE_KEY) if scope["type"] == "http" else None
+        ctx = get_context(scope)
         if ctx is None or ctx.endpoint not in _MODEL_ENDPOINTS or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY
+from proxy.context import get_context
 from proxy.errors import ProxyError
 
 __all__ = ["AuthMiddleware"]
@@ -38,7 +38,7 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = scope.get("state", {}).get(SCOPE_KEY) if scope["type"] == "http" else None
+        ctx = get_context(scope)
         if ctx is None or not ctx.endpoint:
             await self.app(scope, receive, send)
             return

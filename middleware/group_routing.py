@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext, Target
+from proxy.context import RequestContext, Target, get_context
 from proxy.errors import ProxyError, not_found_model
 
 __all__ = ["GroupRoutingMiddleware", "resolve_targets"]
@@ -41,7 +41,7 @@ class GroupRoutingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = scope.get("state", {}).get(SCOPE_KEY) if scope["type"] == "http" else None
+        ctx = get_context(scope)
         if ctx is not None and ctx.model is not None:
             ctx.candidates = resolve_targets(ctx, ctx.model)
         await self.app(scope, receive, send)

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext
+from proxy.context import RequestContext, get_context
 
 __all__ = ["MeteringMiddleware", "price"]
 
@@ -30,7 +30,7 @@ class MeteringMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = scope.get("state", {}).get(SCOPE_KEY) if scope["type"] == "http" else None
+        ctx = get_context(scope)
         if ctx is None or not ctx.endpoint:
             await self.app(scope, receive, send)
             return

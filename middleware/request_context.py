@@ -51,8 +51,6 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not self.holder.current.started:  # mounted without its lifespan: start lazily
-            await self.holder.current.ensure_started()
         started = time.perf_counter()
         endpoint = endpoint_name(route_path(scope))
         request_id = _request_id(scope)
@@ -76,6 +74,8 @@ class RequestContextMiddleware:
         if endpoint is not None:
             metrics.IN_FLIGHT.inc()
         try:
+            if not ctx.runtime.started:  # mounted without its lifespan: start lazily
+                await ctx.runtime.ensure_started()
             await self.app(scope, receive, send_with_id)
         except ProxyError as exc:
             if not response_started:

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY
+from proxy.context import get_context
 
 __all__ = ["StreamWrapMiddleware"]
 
@@ -26,7 +26,7 @@ class StreamWrapMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = scope.get("state", {}).get(SCOPE_KEY) if scope["type"] == "http" else None
+        ctx = get_context(scope)
         if ctx is None or not ctx.stream:
             await self.app(scope, receive, send)
             return

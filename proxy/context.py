@@ -121,7 +121,6 @@ class RequestContext:
 
 
 def get_context(scope: dict[str, Any]) -> RequestContext | None:
+    """The request's context, or None (lifespan scopes, paths outside the gateway's chain)."""
     state = scope.get("state")
-    if state is None:
-        return None
-    return state.get(SCOPE_KEY)
+    return state.get(SCOPE_KEY) if state is not None else None
