@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = check_config(args.config)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = args.host or config.server.host
-    port = args.port or config.server.port
+    port = args.port if args.port is not None else config.server.port
     app = create_app(config)
     if app.state.runtime_holder.current.keys.open and not _is_loopback(host):
         logger.warning(

@@ -22,6 +22,7 @@ from proxy import __version__
 from proxy.catalog import Catalog
 from proxy.config import Config, ConfigError, ProviderConfig, load_config
 from proxy.context import Target
+from proxy.errors import ProxyError
 from proxy.keys import KeyLookup, StaticKeys
 from proxy.store import RequestLogWriter
 from proxy.transport import AiohttpTransport
@@ -145,6 +146,7 @@ class Runtime:
     log_writer: RequestLogWriter
     max_body_bytes: int
     started: bool = False
+    closed: bool = False
     known_labels: frozenset[str] = field(default_factory=frozenset)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
@@ -203,6 +205,8 @@ class Runtime:
     async def ensure_started(self) -> None:
         """Start on first use when no lifespan did: a host app that mounts the gateway without
         running its lifespan still gets upstream clients and a request log (drained at exit)."""
+        if self.closed:
+            raise ProxyError(503, "The gateway is shutting down.", type="server_error", code="shutting_down")
         async with self._start_lock:
             if not self.started:
                 logger.warning("llm-proxy started on its first request: pass its lifespan to the host app")
@@ -215,6 +219,7 @@ class Runtime:
                 p.transport = None
         self.log_writer.close()
         self.started = False
+        self.closed = True
 
 
 class RuntimeHolder:
