@@ -106,7 +106,7 @@ class PriceConfig:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     base_url: str
-    type: Literal["openai"] = "openai"
+    type: Literal["openai", "anthropic", "gemini", "ollama"] = "openai"
     api_key: str = ""
     api_key_required: bool = True
     enabled: bool = True

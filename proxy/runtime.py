@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from proxy.config import Config, ConfigError, ProviderConfig, load_config
 from proxy.context import Target
 from proxy.errors import ProxyError
 from proxy.keys import KeyLookup, StaticKeys
+from proxy.providers import translator
 from proxy.store import RequestLogWriter
 from proxy.transport import AiohttpTransport
 
@@ -62,6 +64,7 @@ class ProviderRuntime:
     extensions: dict[str, Any] = field(default_factory=dict)
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
     _raw_headers: list[tuple[bytes, bytes]] | None = None
+    translator: ModuleType | None = None  # None: OpenAI-compatible, passed through
     last_ok: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
@@ -120,7 +123,7 @@ def _build_provider(name: str, cfg: ProviderConfig, missing_env: dict[str, str])
         "user-agent": f"llm-proxy/{__version__}",
         **cfg.headers,
     }
-    if cfg.api_key:
+    if cfg.api_key and cfg.type == "openai":  # native formats put the key where their API wants it
         headers["authorization"] = f"Bearer {cfg.api_key}"
     return ProviderRuntime(
         name=name,
@@ -131,6 +134,7 @@ def _build_provider(name: str, cfg: ProviderConfig, missing_env: dict[str, str])
         headers=headers,
         catalog_id=cfg.catalog_provider or name,
         timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.connect),
+        translator=None if cfg.type == "openai" else translator(cfg.type),
     )
 
 

@@ -1,17 +1,19 @@
-"""Relaying an upstream SSE stream to the client while metering it.
+"""Relaying an upstream stream to the client while metering it.
 
-One loop per stream: decode events, let the meter read each one, forward them, record the
-first generated token, and in ``finally`` always close the upstream response — also when
-the client went away (the stream-wrap layer cancels this task) — and fill in usage from
-what was received when the upstream never sent its own. A failure after the first byte
-cannot change the HTTP status any more, so it ends the stream with an OpenAI-style error
-event instead of a silent or truncated 200.
+One loop per stream: hand each upstream chunk to a relay (pass-through SSE, or a native
+format's decoder re-encoded as OpenAI chunks), forward what it returns, and in ``finally``
+always close the upstream response — also when the client went away (the stream-wrap
+layer cancels this task) — and fill in usage from what was received when the upstream
+never sent its own. A failure after the first byte cannot change the HTTP status any
+more, so it ends the stream with an OpenAI-style error event instead of a silent or
+truncated 200.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -25,38 +27,143 @@ from proxy.sse import SSEDecoder, encode_event
 from proxy.tokens import estimate_prompt_tokens
 from proxy.upstream import transport_error
 
-__all__ = ["relay_chat_stream"]
+__all__ = ["PassthroughRelay", "TranslatedRelay", "relay_stream"]
 
 _DONE = b"data: [DONE]\n\n"
 
 
-async def relay_chat_stream(
-    ctx: RequestContext, provider: ProviderRuntime, response: httpx.Response, send: Send, deadline: float | None
+class Relay(Protocol):
+    usage: Usage | None
+    finish_reason: str | None
+    error: dict[str, Any] | None
+    output_events: int
+
+    @property
+    def complete(self) -> bool: ...
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class PassthroughRelay:
+    """An OpenAI-compatible upstream: its bytes go out untouched unless the usage chunk the
+    gateway asked for must be stripped, in which case events are re-framed one by one."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self._ctx = ctx
+        self._meter = ChatStreamMeter()
+        self._decoder = SSEDecoder()
+        self._strip = not ctx.client_wants_usage
+        self._done = False
+
+    usage = property(lambda self: self._meter.usage)
+    finish_reason = property(lambda self: self._meter.finish_reason)
+    error = property(lambda self: self._meter.error)
+    output_events = property(lambda self: self._meter.output_events)
+
+    @property
+    def complete(self) -> bool:
+        return self._done or self._meter.finish_reason is not None
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] | None = [] if self._strip else None
+        for event in self._decoder.feed(chunk):
+            self._handle(event.data, out)
+        return chunk if out is None else b"".join(out)
+
+    def finish(self) -> bytes:
+        out: list[bytes] = []
+        for event in self._decoder.flush():
+            self._handle(event.data, out)
+        return b"".join(out) if self._strip else b""  # unstripped: the raw bytes already went out
+
+    def _handle(self, data: bytes, out: list[bytes] | None) -> None:
+        if data == b"[DONE]":
+            self._done = True
+            if out is not None:
+                out.append(_DONE)
+            return
+        meter = self._meter
+        before = meter.output_events
+        usage_only = meter.feed(data)
+        if meter.output_events != before and self._ctx.first_token_at is None:
+            self._ctx.first_token_at = time.perf_counter()
+        if out is not None and not usage_only:
+            out.append(b"data: " + data + b"\n\n" if b"\n" not in data else encode_event(data))
+
+
+class TranslatedRelay:
+    """A native-format upstream: its decoder yields OpenAI chunk dicts, sent as SSE events."""
+
+    def __init__(self, ctx: RequestContext, decoder: Any) -> None:
+        self._ctx = ctx
+        self._decoder = decoder
+        self._strip = not ctx.client_wants_usage
+        self._error_sent = False
+        self.output_events = 0
+
+    usage = property(lambda self: self._decoder.usage)
+    finish_reason = property(lambda self: self._decoder.finish_reason)
+    error = property(lambda self: self._decoder.error)
+
+    @property
+    def complete(self) -> bool:
+        return self._decoder.finish_reason is not None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._encode(self._decoder.feed(chunk))
+
+    def finish(self) -> bytes:
+        tail = self._encode(self._decoder.finish())
+        return tail if self._decoder.error is not None else tail + _DONE
+
+    def _encode(self, chunks: list[dict[str, Any]]) -> bytes:
+        out: list[bytes] = []
+        for chunk in chunks:
+            choices = chunk.get("choices")
+            if not choices:
+                if self._strip:
+                    continue
+            elif any(_has_output(c.get("delta") or {}) for c in choices):
+                self.output_events += 1
+                if self._ctx.first_token_at is None:
+                    self._ctx.first_token_at = time.perf_counter()
+            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        error = self._decoder.error
+        if error is not None and not self._error_sent:
+            self._error_sent = True
+            out.append(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+        return b"".join(out)
+
+
+def _has_output(delta: dict[str, Any]) -> bool:
+    return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
+
+
+async def relay_stream(
+    ctx: RequestContext,
+    provider: ProviderRuntime,
+    response: httpx.Response,
+    send: Send,
+    deadline: float | None,
+    relay: Relay,
 ) -> None:
-    meter = ChatStreamMeter()
-    decoder = SSEDecoder()
-    strip_usage = not ctx.client_wants_usage
-    saw_done = False
     failure: str | None = None
     try:
         async with asyncio.timeout_at(deadline):
             async for chunk in response.stream:  # the raw byte stream; no decoding layers
-                out: list[bytes] | None = [] if strip_usage else None
-                for event in decoder.feed(chunk):
-                    saw_done = _handle(ctx, meter, event.data, out) or saw_done
-                body = chunk if out is None else b"".join(out)  # nothing to strip: the upstream's bytes
+                body = relay.feed(chunk)
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
-            out = [] if strip_usage else None
-            for event in decoder.flush():
-                saw_done = _handle(ctx, meter, event.data, out) or saw_done
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-        if meter.error is not None:
-            failure = str(meter.error.get("message") or "upstream error event")
+            tail = relay.finish()
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+        if relay.error is not None:
+            failure = str(relay.error.get("message") or "upstream error event")
             ctx.fail(502, "upstream_stream_error", failure)
             metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_error").inc()
-        elif not saw_done and meter.finish_reason is None:
+        elif not relay.complete:
             failure = "the upstream closed the stream before it finished"
             metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_interrupted").inc()
     except (httpx.HTTPError, TimeoutError) as exc:  # counted by transport_error
@@ -64,34 +171,18 @@ async def relay_chat_stream(
     finally:
         await response.aclose()
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
-        ctx.finish_reason = meter.finish_reason
-        if meter.usage is not None:
-            ctx.usage = meter.usage
+        ctx.finish_reason = relay.finish_reason
+        if relay.usage is not None:
+            ctx.usage = relay.usage
         else:  # cut short: charge what was delivered
-            ctx.usage = Usage(prompt_tokens=estimate_prompt_tokens(ctx.body), completion_tokens=meter.output_events)
+            ctx.usage = Usage(prompt_tokens=estimate_prompt_tokens(ctx.body), completion_tokens=relay.output_events)
             ctx.metadata["usage_estimated"] = True
     if failure is None:
         provider.record_ok()
-    elif meter.error is None:
+    elif relay.error is None:
         ctx.fail(502, "upstream_stream_interrupted", failure)
         error = {"message": f"Stream interrupted: {failure}", "type": "upstream_error",
                  "param": None, "code": "stream_interrupted"}
         await send({"type": "http.response.body", "body": b"data: " + orjson.dumps({"error": error}) + b"\n\n",
                     "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _handle(ctx: RequestContext, meter: ChatStreamMeter, data: bytes, out: list[bytes] | None) -> bool:
-    """Meter one event and, when re-framing (``out`` given), queue it for the client unless it
-    is the usage-only chunk; True if it was the ``[DONE]`` sentinel."""
-    if data == b"[DONE]":
-        if out is not None:
-            out.append(_DONE)
-        return True
-    before = meter.output_events
-    usage_only = meter.feed(data)
-    if meter.output_events != before and ctx.first_token_at is None:
-        ctx.first_token_at = time.perf_counter()
-    if out is not None and not usage_only:
-        out.append(b"data: " + data + b"\n\n" if b"\n" not in data else encode_event(data))
-    return False

@@ -14,7 +14,9 @@ from proxy.runtime import ProviderRuntime
 __all__ = ["open_upstream", "transport_error"]
 
 
-async def open_upstream(ctx: RequestContext, provider: ProviderRuntime, path: str, body: bytes) -> httpx.Response:
+async def open_upstream(
+    ctx: RequestContext, provider: ProviderRuntime, path: str, body: bytes, extra: dict[str, str] | None = None
+) -> httpx.Response:
     """POST ``body`` and return the response with its body still unread (streaming)."""
     transport = provider.transport
     if transport is None:
@@ -25,7 +27,11 @@ async def open_upstream(ctx: RequestContext, provider: ProviderRuntime, path: st
     request = httpx.Request(
         "POST",
         provider.url(path),
-        headers=[*provider.raw_headers, (b"content-length", b"%d" % len(body))],
+        headers=[
+            *provider.raw_headers,
+            *((k.encode(), v.encode()) for k, v in extra.items()),
+            (b"content-length", b"%d" % len(body)),
+        ] if extra else [*provider.raw_headers, (b"content-length", b"%d" % len(body))],
         stream=httpx.ByteStream(body),
         extensions=provider.extensions,
     )

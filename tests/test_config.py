@@ -311,7 +311,7 @@ def test_config_error_message_lists_every_error() -> None:
         ({"providers": {"p": {"base_url": "http://x", "timeouts": {"connect": 0}}}},
          "providers.p.timeouts.connect", "greater than 0"),
         ({"providers": {"p": {"base_url": "http://x", "max_connections": 0}}}, "providers.p.max_connections", "at least 1"),
-        ({"providers": {"p": {"base_url": "http://x", "type": "anthropic"}}}, "providers.p.type", "expected one of"),
+        ({"providers": {"p": {"base_url": "http://x", "type": "bedrock"}}}, "providers.p.type", "expected one of"),
         ({"providers": {"p": {"base_url": "api.example.com/v1"}}}, "providers.p.base_url", "http(s) URL"),
         ({"providers": {"P": {"base_url": "http://x"}}}, "providers.P", "lowercase"),
         ({"providers": {"p": {"base_url": "http://x", "prices": {"m": {"input": "cheap"}}}}},

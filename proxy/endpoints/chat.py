@@ -16,8 +16,8 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import metrics
 from proxy.context import SCOPE_KEY, RequestContext
-from proxy.providers.openai import CHAT_PATH, parse_chat_response, upstream_error
-from proxy.streaming import relay_chat_stream
+from proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response, upstream_error
+from proxy.streaming import PassthroughRelay, TranslatedRelay, relay_stream
 from proxy.upstream import open_upstream, transport_error
 
 __all__ = ["chat_completions"]
@@ -55,13 +55,22 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
     provider = runtime.providers[target.provider]
     if runtime.plugins.has_before:
         await runtime.plugins.run_before(ctx)
+    native = provider.translator
+    if native is None:  # OpenAI-compatible: the client's bytes go up, the upstream's come back
+        path, body, extra = CHAT_PATH, _forward_body(ctx), None
+    else:
+        limits = runtime.catalog.limits(target.model, provider.catalog_id)
+        call = native.build_request(
+            ctx.body, target.model, api_key=provider.config.api_key, stream=ctx.stream,
+            max_output_tokens=limits[1] if limits else None,
+        )
+        path, body, extra = call.path, call.body, call.headers
     total = provider.config.timeouts.total
     deadline = asyncio.get_running_loop().time() + total if total else None
-    body = _forward_body(ctx)
     data = b""
     try:
         async with asyncio.timeout_at(deadline):  # total: from sending to the last byte
-            response = await open_upstream(ctx, provider, CHAT_PATH, body)
+            response = await open_upstream(ctx, provider, path, body, extra)
             status = response.status_code
             if status >= 400 or not ctx.stream:
                 try:
@@ -73,21 +82,28 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
 
     if status >= 400:
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
-        error = upstream_error(provider.name, status, data, response.headers)
+        error = (upstream_error(provider.name, status, data, response.headers) if native is None
+                 else native_error(native, status, data, response.headers))
         provider.record_error(f"HTTP {status}: {error.message[:200]}")
         metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
         raise error
     if not ctx.stream:
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
         provider.record_ok()
-        ctx.usage, ctx.finish_reason, _ = parse_chat_response(data)
-        await send({"type": "http.response.start", "status": status,
+        if native is None:
+            ctx.usage, ctx.finish_reason, _ = parse_chat_response(data)
+        else:
+            translated = native.parse_response(data, target.model)
+            ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
+            data = orjson.dumps(translated.response)
+        await send({"type": "http.response.start", "status": 200,
                     "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
         await send({"type": "http.response.body", "body": data})
         return
 
-    await send({"type": "http.response.start", "status": status, "headers": [_SSE]})
-    await relay_chat_stream(ctx, provider, response, send, deadline)
+    await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
+    relay = PassthroughRelay(ctx) if native is None else TranslatedRelay(ctx, native.StreamDecoder(target.model))
+    await relay_stream(ctx, provider, response, send, deadline, relay)
 
 
 async def _read(response: httpx.Response, limit: int | None) -> bytes:

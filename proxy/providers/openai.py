@@ -15,7 +15,7 @@ import orjson
 from proxy.context import Usage
 from proxy.errors import ProxyError
 
-__all__ = ["ChatStreamMeter", "parse_chat_response", "upstream_error", "usage_from"]
+__all__ = ["ChatStreamMeter", "native_error", "parse_chat_response", "upstream_error", "usage_from"]
 
 CHAT_PATH = "/chat/completions"
 
@@ -145,3 +145,10 @@ def upstream_error(provider: str, status: int, body: bytes, headers: Any) -> Pro
         message = f"Upstream provider '{provider}' returned HTTP {status}" + (f": {text}" if text else "")
     return ProxyError(status, message, type=etype, code=None if code is None else str(code), param=param,
                       headers=keep)
+
+
+def native_error(translator: Any, status: int, body: bytes, headers: Any) -> ProxyError:
+    """A native-format upstream error, translated by its module, in OpenAI shape."""
+    keep = {name: headers[name] for name in _KEEP_HEADERS if name in headers}
+    err = translator.parse_error(status, body)
+    return ProxyError(err.status, err.message, type=err.type, code=err.code, headers=keep)
