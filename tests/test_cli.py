@@ -223,7 +223,7 @@ def test_check_config_shipped_config_and_default_path(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(SHIPPED.read_text(encoding="utf-8"), encoding="utf-8")
     result = run_cli(["check-config"], clean_env(tmp_path, OPENAI_API_KEY=SECRET), tmp_path)  # ./config.yaml
     assert result.returncode == 0, result.stderr
-    assert "config OK: 8 provider(s), 1 enabled (openai)" in result.stdout
+    assert "config OK: 9 provider(s), 1 enabled (openai)" in result.stdout
     assert SECRET not in result.stdout + result.stderr
     # $LLM_PROXY_CONFIG names the file when --config is not given
     env = clean_env(tmp_path, LLM_PROXY_CONFIG=str(tmp_path / "elsewhere.yaml"))

@@ -22,6 +22,7 @@ CLOUD_KEYS = {
     "moonshot": "MOONSHOT_API_KEY",
     "xai": "XAI_API_KEY",
     "xiaomi": "XIAOMI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
     "gemini": "GEMINI_API_KEY",
 }
 

@@ -56,6 +56,8 @@ def build_request(
     system, messages = _messages(body.get("messages"))
     out: dict[str, Any] = {"model": model}
     explicit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if explicit is not None and (not isinstance(explicit, int) or isinstance(explicit, bool) or explicit < 1):
+        raise bad_request("max_tokens must be a positive integer", param="max_tokens")
     max_tokens = int(explicit or max_output_tokens or DEFAULT_MAX_TOKENS)
     budget = _budget(body.get("reasoning_effort"))
     if budget:

@@ -2,9 +2,9 @@
 
 Gemini differs from the hub in ways that need code rather than renames: a separate
 ``systemInstruction``, roles ``user``/``model``, tool results as ``functionResponse`` parts
-keyed by function *name* (no call ids on 2.x), whole function calls in streams, usage that is
-cumulative in every stream chunk, and two stream framings (SSE with ``?alt=sse``, otherwise one
-JSON array streamed incrementally).
+matched by function *name*, whole function calls in streams, usage that is cumulative in every
+stream chunk, and two stream framings (SSE with ``?alt=sse``, else one incrementally streamed
+JSON array).
 """
 
 from __future__ import annotations
@@ -25,36 +25,31 @@ from proxy.sse import SSEDecoder
 
 __all__ = ["StreamDecoder", "build_request", "parse_error", "parse_response", "retry_delay"]
 
-PARAMS = {
-    "temperature": "generationConfig.temperature",
-    "top_p": "generationConfig.topP",
-    "max_tokens": "generationConfig.maxOutputTokens",
-    "max_completion_tokens": "generationConfig.maxOutputTokens",  # after max_tokens: the newer name wins
-    "stop": "generationConfig.stopSequences",
-    "n": "generationConfig.candidateCount",
-    "seed": "generationConfig.seed",
-    "presence_penalty": "generationConfig.presencePenalty",
-    "frequency_penalty": "generationConfig.frequencyPenalty",
-}
-# reasoning_effort → thinkingBudget (tokens). 24576 is gemini-2.5-flash's ceiling and within 2.5-pro's
-# (32768); "minimal" stays above 2.5-pro's floor of 128. Gemini 3 still accepts thinkingBudget.
+# OpenAI name → generationConfig field. max_completion_tokens comes after max_tokens: the newer name wins.
+PARAMS = {k: f"generationConfig.{v}" for k, v in {
+    "temperature": "temperature", "top_p": "topP", "max_tokens": "maxOutputTokens",
+    "max_completion_tokens": "maxOutputTokens", "stop": "stopSequences", "n": "candidateCount", "seed": "seed",
+    "presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty"}.items()}
+# reasoning_effort → thinkingBudget tokens. 24576 is gemini-2.5-flash's ceiling (2.5-pro allows 32768);
+# 512 stays above 2.5-pro's floor of 128. Gemini 3 still accepts thinkingBudget besides thinkingLevel.
 THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
-_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(
-    ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"), "content_filter")
+_FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
+_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(_FILTERED, "content_filter")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 429: "rate_limit_error"}
-# Gemini 3 rejects replayed functionCall turns without the thoughtSignature it issued; OpenAI clients
-# cannot carry it, so we send Google's documented bypass value on the first call of each such turn.
+# Gemini 3 rejects a replayed functionCall turn without the thoughtSignature it issued. OpenAI clients
+# cannot carry it, so the first call of each such turn gets Google's documented bypass value.
 _SKIP_SIGNATURE = "skip_thought_signature_validator"
+_STR_STOP = re.compile(rb'["\\]')
 
 
 def build_request(body: dict[str, Any], model: str, *, api_key: str, stream: bool,
                   max_output_tokens: int | None = None) -> UpstreamCall:
     """OpenAI chat request → ``generateContent`` call. The key goes in a header only: URLs get logged."""
-    out: dict[str, Any] = {"contents": _contents(body.get("messages") or [], model)}
-    system = [{"text": t} for m in body.get("messages") or [] if m.get("role") in ("system", "developer")
-              for t in [_text(m.get("content"))] if t]
+    messages = body.get("messages") or []
+    out: dict[str, Any] = {"contents": _contents(messages, model.removeprefix("models/").startswith("gemini-3"))}
+    system = [{"text": t} for m in messages if m.get("role") in ("system", "developer") if (t := _text(m.get("content")))]
     if system:
         out["systemInstruction"] = {"parts": system}
     if body.get("tools"):
@@ -70,15 +65,13 @@ def build_request(body: dict[str, Any], model: str, *, api_key: str, stream: boo
     fmt = body.get("response_format") or {}
     if fmt.get("type") in ("json_object", "json_schema"):
         gen["responseMimeType"] = "application/json"
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if schema:  # full JSON Schema; ``responseSchema`` would need the OpenAPI subset
-            gen["responseJsonSchema"] = schema
+        if schema := (fmt.get("json_schema") or {}).get("schema"):
+            gen["responseJsonSchema"] = schema  # full JSON Schema; ``responseSchema`` takes an OpenAPI subset
     effort = body.get("reasoning_effort")
     if effort == "none":
         gen["thinkingConfig"] = {"thinkingBudget": 0}
     elif effort:
-        gen["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS.get(effort, THINKING_BUDGETS["medium"]),
-                                 "includeThoughts": True}
+        gen["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS.get(effort, 8192), "includeThoughts": True}
     if not gen:
         del out["generationConfig"]
     name = quote(model.removeprefix("models/"), safe="-._~")
@@ -92,12 +85,12 @@ def _text(content: Any) -> str:
     return content or ""
 
 
-def _contents(messages: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+def _contents(messages: list[dict[str, Any]], gemini3: bool) -> list[dict[str, Any]]:
     contents: list[dict[str, Any]] = []
-    names: dict[str, str] = {}  # tool_call_id → function name: functionResponse is matched by name
-    gemini3 = model.removeprefix("models/").startswith("gemini-3")
+    names: dict[str, str] = {}  # tool_call_id → function name: Gemini matches results by name
+    tool_turn = False
     for m in messages:
-        role = m.get("role")
+        role, prev_tool, tool_turn = m.get("role"), tool_turn, m.get("role") == "tool"
         if role == "user":
             contents.append({"role": "user", "parts": _user_parts(m.get("content"))})
         elif role == "assistant":
@@ -105,40 +98,32 @@ def _contents(messages: list[dict[str, Any]], model: str) -> list[dict[str, Any]
             for i, call in enumerate(m.get("tool_calls") or []):
                 fn = call.get("function") or {}
                 names[call.get("id", "")] = fn.get("name", "")
-                # No ``id`` sent: several Gemini endpoints reject it as an unknown field.
-                part: dict[str, Any] = {"functionCall": {"name": fn.get("name"), "args": _loads(fn.get("arguments"))}}
-                if gemini3 and i == 0:
-                    part["thoughtSignature"] = _SKIP_SIGNATURE
-                parts.append(part)
+                try:
+                    args = orjson.loads(fn.get("arguments") or "{}")
+                except orjson.JSONDecodeError:
+                    raise bad_request("tool_calls arguments must be JSON", param="messages") from None
+                # No ``id``: several Gemini endpoints reject functionCall.id as an unknown field.
+                parts.append({"functionCall": {"name": fn.get("name"), "args": args}}
+                             | ({"thoughtSignature": _SKIP_SIGNATURE} if gemini3 and i == 0 else {}))
             if parts:
                 contents.append({"role": "model", "parts": parts})
         elif role == "tool":
-            name = names.get(m.get("tool_call_id", "")) or m.get("name")
-            if not name:
+            if not (name := names.get(m.get("tool_call_id", "")) or m.get("name")):
                 raise bad_request(f"tool message {m.get('tool_call_id')!r} answers no earlier tool call",
                                   param="messages")
-            part = {"functionResponse": {"name": name, "response": {"result": _loads(_text(m.get("content")), raw=True)}}}
-            if contents and contents[-1].get("tool"):  # consecutive results form one user turn
+            text = _text(m.get("content"))
+            try:
+                result = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                result = text
+            part = {"functionResponse": {"name": name, "response": {"result": result}}}
+            if prev_tool:  # consecutive results form one user turn
                 contents[-1]["parts"].append(part)
             else:
-                contents.append({"role": "user", "parts": [part], "tool": True})
+                contents.append({"role": "user", "parts": [part]})
         elif role not in ("system", "developer"):
             raise bad_request(f"unsupported message role {role!r}", param="messages")
-    for c in contents:
-        c.pop("tool", None)
     return contents
-
-
-def _loads(text: Any, raw: bool = False) -> Any:
-    """Arguments/tool output → JSON value; a non-JSON tool output stays a string."""
-    if isinstance(text, dict):
-        return text
-    try:
-        return orjson.loads(text) if text else ({} if not raw else "")
-    except orjson.JSONDecodeError:
-        if raw:
-            return text
-        raise bad_request("tool_calls arguments must be a JSON object", param="messages") from None
 
 
 def _user_parts(content: Any) -> list[dict[str, Any]]:
@@ -154,23 +139,17 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
             if not url.startswith("data:"):
                 raise bad_request("remote image URLs are not supported for Gemini yet; send a data: URL",
                                   param="messages")
-            parts.append({"inlineData": _data_url(url)})
+            header, _, payload = url[5:].partition(",")
+            mime, *flags = header.split(";")
+            if "base64" not in flags:  # Gemini wants base64; a plain data: URL holds percent-encoded bytes
+                payload = base64.b64encode(unquote_to_bytes(payload)).decode()
+            parts.append({"inlineData": {"mimeType": mime or "text/plain", "data": payload}})
         elif kind == "input_audio":
             audio = p.get("input_audio") or {}
             parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format', 'wav')}", "data": audio.get("data")}})
-        elif kind == "file" and str((p.get("file") or {}).get("file_data", "")).startswith("data:"):
-            parts.append({"inlineData": _data_url(p["file"]["file_data"])})
         else:
             raise bad_request(f"content part type {kind!r} is not supported for Gemini", param="messages")
     return parts
-
-
-def _data_url(url: str) -> dict[str, str]:
-    header, _, payload = url[5:].partition(",")
-    mime, *flags = header.split(";")
-    if "base64" not in flags:  # Gemini wants base64; a plain data: URL is percent-encoded bytes
-        payload = base64.b64encode(unquote_to_bytes(payload)).decode()
-    return {"mimeType": mime or "text/plain", "data": payload}
 
 
 def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
@@ -179,8 +158,8 @@ def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
     fn = tool.get("function") or {}
     decl = {"name": fn.get("name"), "description": fn.get("description", "")}
     if fn.get("parameters"):
-        # parametersJsonSchema takes the JSON Schema as is (additionalProperties, $ref, anyOf...);
-        # the older ``parameters`` OpenAPI subset would force lossy stripping.
+        # parametersJsonSchema takes OpenAI's JSON Schema as is (additionalProperties, $ref, anyOf, ...), as
+        # the live captures show; the older ``parameters`` (OpenAPI subset) would need lossy key stripping.
         decl["parametersJsonSchema"] = fn["parameters"]
     return decl
 
@@ -188,14 +167,14 @@ def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
 def _tool_choice(choice: Any) -> dict[str, Any]:
     if isinstance(choice, str) and choice in _TOOL_MODES:
         return {"mode": _TOOL_MODES[choice]}
-    name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
-    if not name:
+    if not (name := (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None):
         raise bad_request(f"unsupported tool_choice {choice!r}", param="tool_choice")
     return {"mode": "ANY", "allowedFunctionNames": [name]}
 
 
 def _usage(meta: Any) -> Usage | None:
-    """Gemini counts thoughts apart from candidates; OpenAI folds reasoning into completion."""
+    """Gemini counts thoughts apart from candidates; OpenAI folds reasoning into completion tokens.
+    promptTokenCount already includes cachedContentTokenCount; tool-use prompt tokens are input too."""
     if not isinstance(meta, dict):
         return None
     thoughts = meta.get("thoughtsTokenCount") or 0
@@ -211,29 +190,32 @@ def _usage_dict(u: Usage) -> dict[str, Any]:
 
 
 def _finish(reason: str | None, tool_calls: bool) -> str:
+    """Gemini has no tool-call finish reason: STOP after a functionCall means tool_calls."""
     mapped = _FINISH.get(reason or "", "stop")
     return "tool_calls" if mapped == "stop" and tool_calls else mapped
 
 
-def _parts(parts: Any, first_call: int, response_id: str) -> tuple[str, str, list[dict[str, Any]]]:
-    """(content, reasoning, tool calls) of one candidate's parts; ids are deterministic per response."""
+def _parts(parts: Any, first_call: int, rid: str) -> tuple[str, str, list[dict[str, Any]]]:
+    """(content, reasoning, tool calls) of one candidate. A call without Gemini's own ``id`` gets
+    ``call_<responseId>_<n>``: deterministic, and unique across the turns of a conversation."""
     text, thought, calls = [], [], []
     for part in parts or ():
-        if "functionCall" in part:
-            fc = part["functionCall"]
+        if fc := part.get("functionCall"):
             n = first_call + len(calls)
-            calls.append({"index": n, "id": fc.get("id") or f"call_{response_id}_{n}", "type": "function",
+            calls.append({"index": n, "id": fc.get("id") or f"call_{rid}_{n}", "type": "function",
                           "function": {"name": fc.get("name"), "arguments": orjson.dumps(fc.get("args") or {}).decode()}})
         elif part.get("text"):
             (thought if part.get("thought") else text).append(part["text"])
     return "".join(text), "".join(thought), calls
 
 
+def _json(data: Any) -> Any:
+    return orjson.loads(data) if isinstance(data, bytes | bytearray | str) else data
+
+
 def parse_response(data: bytes | dict[str, Any], model: str) -> Translated:
-    obj = orjson.loads(data) if isinstance(data, bytes | bytearray | str) else data
-    rid = obj.get("responseId") or uuid.uuid4().hex
-    usage = _usage(obj.get("usageMetadata"))
-    choices = []
+    obj = _json(data)
+    rid, usage, choices = obj.get("responseId") or uuid.uuid4().hex, _usage(obj.get("usageMetadata")), []
     for pos, cand in enumerate(obj.get("candidates") or []):
         text, reasoning, calls = _parts((cand.get("content") or {}).get("parts"), 0, rid)
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
@@ -254,7 +236,7 @@ def parse_response(data: bytes | dict[str, Any], model: str) -> Translated:
 
 
 class StreamDecoder:
-    """Gemini stream (SSE or JSON-array framing, told apart by the first byte) → OpenAI chunks."""
+    """Gemini stream → OpenAI chunks; the framing (SSE or JSON array) is told by the first byte."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -262,8 +244,8 @@ class StreamDecoder:
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
         self._sse: SSEDecoder | None = None
-        self._array: bool | None = None  # None until the framing is known
-        self._buf = bytearray()  # the JSON-array object in progress
+        self._array: bool | None = None  # None until the first non-whitespace byte
+        self._buf = bytearray()  # the array element in progress
         self._depth = 0
         self._in_str = self._esc = False
         self._id: str | None = None
@@ -272,17 +254,13 @@ class StreamDecoder:
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         if self._array is None:
-            head = chunk.lstrip()
-            if not head:
+            if not (head := chunk.lstrip()):
                 return []
-            self._array = head[:1] in (b"[", b"{")  # ``{``: a bare (error) object, same splitter
+            self._array = head[:1] in (b"[", b"{")  # ``{``: a bare object (an error), same splitter
             self._sse = None if self._array else SSEDecoder()
         if self._sse is not None:
             return self._events(self._sse.feed(chunk))
-        out: list[dict[str, Any]] = []
-        for raw in self._split(chunk):
-            out += self._translate(orjson.loads(raw))
-        return out
+        return [c for raw in self._split(chunk) for c in self._translate(orjson.loads(raw))]
 
     def finish(self) -> list[dict[str, Any]]:
         out = self._events(self._sse.flush()) if self._sse is not None else []
@@ -291,47 +269,36 @@ class StreamDecoder:
         return out
 
     def _events(self, events: list[Any]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for ev in events:
-            if ev.data.strip() and ev.data != b"[DONE]":
-                out += self._translate(orjson.loads(ev.data))
-        return out
+        return [c for ev in events if ev.data.strip() and ev.data != b"[DONE]"
+                for c in self._translate(orjson.loads(ev.data))]
 
     def _split(self, chunk: bytes) -> list[bytes]:
-        """Complete top-level objects of a streamed JSON array; tracks strings so braces in text don't count."""
+        """Complete top-level elements of a streamed JSON array. Commas, whitespace and the outer
+        brackets are framing; string state is tracked so braces inside text don't count."""
         done: list[bytes] = []
-        start = 0 if self._depth else -1
-        i, n = 0, len(chunk)
+        start, i, n = (0 if self._depth else -1), 0, len(chunk)
         while i < n:
             if self._in_str:
                 if self._esc:
                     self._esc, i = False, i + 1
-                    continue
-                m = _STR_STOP.search(chunk, i)
-                if m is None:
+                elif (m := _STR_STOP.search(chunk, i)) is None:
                     break
-                i = m.end()
-                if m.group() == b"\\":
-                    self._esc = True
                 else:
-                    self._in_str = False
+                    i, self._esc, self._in_str = m.end(), m.group() == b"\\", m.group() == b"\\"
                 continue
             c = chunk[i]
             if c == 0x22:  # "
                 self._in_str = self._depth > 0
-            elif c in (0x7B, 0x5B) and (self._depth or c == 0x7B):  # { or [ (the outer [ is framing)
-                if not self._depth:
-                    start = i
+            elif c == 0x7B or (c == 0x5B and self._depth):  # { or a nested [
+                start = i if not self._depth else start
                 self._depth += 1
             elif c in (0x7D, 0x5D) and self._depth:  # } or ]
                 self._depth -= 1
                 if not self._depth:
-                    self._buf += chunk[start : i + 1]
-                    done.append(bytes(self._buf))
+                    done.append(bytes(self._buf + chunk[start : i + 1]))
                     self._buf.clear()
-                    start = -1
             i += 1
-        if self._depth and start >= 0:
+        if self._depth:
             self._buf += chunk[start:]
         return done
 
@@ -343,29 +310,27 @@ class StreamDecoder:
         if not isinstance(obj, dict):
             return []
         if "error" in obj:
-            err = _error(obj.get("error"), 0)
+            err = _error(obj["error"], 0)
             self.error = {"message": err.message, "type": err.type, "param": None, "code": err.code}
             return []
         if self._id is None:
             self._id = f"chatcmpl-{obj.get('responseId') or uuid.uuid4().hex}"
             self.model = obj.get("modelVersion") or self.model
-        self.usage = _usage(obj.get("usageMetadata")) or self.usage  # cumulative: the last one wins
-        out = []
-        candidates = obj.get("candidates") or []
+        self.usage = _usage(obj.get("usageMetadata")) or self.usage  # cumulative: keep the last, never sum
+        candidates, out = obj.get("candidates") or [], []
         if not candidates and (obj.get("promptFeedback") or {}).get("blockReason"):
             self.finish_reason = "content_filter"
             return [self._chunk([{"index": 0, "delta": {}, "finish_reason": "content_filter"}])]
         for pos, cand in enumerate(candidates):
             idx = cand.get("index", pos)
             state = self._choices.setdefault(idx, [False, 0])
-            text, reasoning, calls = _parts((cand.get("content") or {}).get("parts"), state[1],
-                                            self._id.removeprefix("chatcmpl-"))
+            text, reasoning, calls = _parts((cand.get("content") or {}).get("parts"), state[1], self._id[9:])
             delta: dict[str, Any] = {} if state[0] else {"role": "assistant"}
             if reasoning:
                 delta["reasoning_content"] = reasoning
             if text:
                 delta["content"] = text
-            if calls:
+            if calls:  # Gemini sends whole calls: one complete delta each, never argument fragments
                 delta["tool_calls"] = calls
                 state[1] += len(calls)
             if delta:
@@ -379,52 +344,39 @@ class StreamDecoder:
         return out
 
 
-_STR_STOP = re.compile(rb'["\\]')
-
-
 def retry_delay(data: bytes | dict[str, Any]) -> float | None:
-    """Seconds from a ``google.rpc.RetryInfo`` detail (``"34.4s"``), for a Retry-After header."""
+    """Seconds from a ``google.rpc.RetryInfo`` detail (``"34.4s"``), for the relay's Retry-After header."""
     try:
-        obj = orjson.loads(data) if isinstance(data, bytes | bytearray | str) else data
-    except orjson.JSONDecodeError:
+        obj = _json(data)
+        err = (obj[0] if isinstance(obj, list) and obj else obj).get("error")
+        delays = [d["retryDelay"] for d in err.get("details") or [] if isinstance(d, dict) and "retryDelay" in d]
+        return float(delays[0].removesuffix("s")) if delays else None
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
         return None
-    err = (obj[0] if isinstance(obj, list) and obj else obj or {}).get("error")
-    for d in (err.get("details") or []) if isinstance(err, dict) else []:
-        delay = d.get("retryDelay") if isinstance(d, dict) else None
-        if isinstance(delay, str) and delay.endswith("s"):
-            try:
-                return float(delay[:-1])
-            except ValueError:
-                return None
-    return None
 
 
 def _error(err: Any, status: int) -> UpstreamError:
-    if not isinstance(err, dict):
-        status = status if status >= 400 else 500
-        return UpstreamError(status, str(err), _ERROR_TYPES.get(status, "api_error"))
-    if status < 400:  # mid-stream: the HTTP status was 200, the body's code says what failed
-        status = int(err.get("code") or 500)
+    """``status`` < 400 means mid-stream (HTTP 200): the body's own code decides."""
+    err = err if isinstance(err, dict) else {"message": str(err)}
+    status = status if status >= 400 else int(err.get("code") or 500)
     message = str(err.get("message") or f"Gemini returned HTTP {status}")
-    gstatus = str(err.get("status") or "")
     reasons = {d.get("reason") for d in err.get("details") or [] if isinstance(d, dict)}
     if status in (400, 401) and ("API_KEY_INVALID" in reasons or "API key not valid" in message):
         return UpstreamError(401, message, "authentication_error", "invalid_api_key")  # Gemini says 400
-    delay = retry_delay({"error": err})
-    if delay is not None:  # UpstreamError has no header slot: say it in the text, retry_delay() for headers
+    if (delay := retry_delay({"error": err})) is not None:  # UpstreamError has no header slot: say it here too
         message += f" (retry in {delay:g}s)"
     etype = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return UpstreamError(status, message, etype, gstatus.lower() or None)
+    return UpstreamError(status, message, etype, str(err.get("status") or "").lower() or None)
 
 
 def parse_error(status: int, data: bytes | dict[str, Any]) -> UpstreamError:
-    """google.rpc.Status (also wrapped in a one-element array by the JSON-array stream) → OpenAI shape."""
+    """google.rpc.Status (in a one-element array from the JSON-array stream) → OpenAI shape.
+    The code is the Google status lowercased (``resource_exhausted``); a bad key becomes 401."""
     try:
-        obj = orjson.loads(data) if isinstance(data, bytes | bytearray | str) else data
+        obj = _json(data)
     except orjson.JSONDecodeError:
         obj = None
-    if isinstance(obj, list) and obj:
-        obj = obj[0]
+    obj = obj[0] if isinstance(obj, list) and obj else obj
     if isinstance(obj, dict) and "error" in obj:
         return _error(obj["error"], status)
     text = data[:300].decode("utf-8", "replace").strip() if isinstance(data, bytes) else ""
