@@ -16,7 +16,9 @@ from proxy.errors import bad_request
 __all__ = ["AliasMiddleware"]
 
 # Endpoints whose body is a JSON object naming a model.
-_MODEL_ENDPOINTS = frozenset({"chat.completions"})
+_MODEL_ENDPOINTS = frozenset(
+    {"chat.completions", "messages", "messages.count_tokens", "responses", "embeddings", "images.generations"}
+)
 
 
 class AliasMiddleware:

@@ -30,12 +30,13 @@ class StreamWrapMiddleware:
         if ctx is None or not ctx.stream:
             await self.app(scope, receive, send)
             return
-        body = ctx.body
-        options = body.get("stream_options")
-        ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if not ctx.client_wants_usage:
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-            ctx.body_dirty = True
+        if ctx.endpoint == "chat.completions":  # other surfaces ask for usage in their own translation
+            body = ctx.body
+            options = body.get("stream_options")
+            ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+            if not ctx.client_wants_usage:
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                ctx.body_dirty = True
 
         task = asyncio.current_task()
         assert task is not None

@@ -8,10 +8,17 @@ __all__ = ["endpoint_name", "header", "route_path"]
 
 # Paths are accepted with and without the /v1 prefix, as OpenAI-compatible servers do.
 _ENDPOINTS = {
-    "/v1/chat/completions": "chat.completions",
-    "/chat/completions": "chat.completions",
-    "/v1/models": "models",
-    "/models": "models",
+    path: name
+    for name, paths in {
+        "chat.completions": ("/v1/chat/completions", "/chat/completions"),
+        "models": ("/v1/models", "/models"),
+        "messages": ("/v1/messages", "/messages"),
+        "messages.count_tokens": ("/v1/messages/count_tokens", "/messages/count_tokens"),
+        "responses": ("/v1/responses", "/responses"),
+        "embeddings": ("/v1/embeddings", "/embeddings"),
+        "images.generations": ("/v1/images/generations", "/images/generations"),
+    }.items()
+    for path in paths
 }
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatabaseConfig",
+    "ImagesConfig",
     "PriceConfig",
     "ProviderConfig",
     "RequestLogConfig",
@@ -101,6 +102,7 @@ class PriceConfig:
     cache_read: float | None = None
     cache_write: float | None = None
     reasoning: float | None = None
+    per_image: float | None = None  # USD per generated image (image models)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,17 @@ class ProviderConfig:
     prices: dict[str, PriceConfig] = field(default_factory=dict)
     catalog_provider: str | None = None
     max_connections: int = 1000
+    responses_api: bool = False  # serves OpenAI's /responses itself (OpenAI does): pass it through
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesConfig:
+    """Fetching remote image URLs for providers that need the bytes inline (Gemini, Ollama)."""
+
+    fetch_timeout: float = 10.0
+    max_mb: float = 20.0
+    allow_private_networks: bool = False  # loopback, private, link-local and metadata addresses
+    allowed_hosts: tuple[str, ...] = ()  # exact host names allowed even if private
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,7 @@ class Config:
     database: DatabaseConfig = DatabaseConfig()
     request_log: RequestLogConfig = RequestLogConfig()
     auth: AuthConfig = AuthConfig()
+    images: ImagesConfig = ImagesConfig()
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     plugins: tuple[dict[str, Any], ...] = ()

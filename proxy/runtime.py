@@ -166,7 +166,7 @@ class Runtime:
             for model in p.config.models:
                 models.setdefault(model, []).append(Target(p.name, model))
         overrides = {
-            (p.name, model): {k: v for k, v in dataclasses.asdict(price).items() if v is not None}
+            (p.name, model): {k: v for k, v in dataclasses.asdict(price).items() if v is not None and k != "per_image"}
             for p in providers.values()
             for model, price in p.config.prices.items()
         }
