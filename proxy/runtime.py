@@ -151,6 +151,7 @@ class Runtime:
     max_body_bytes: int
     started: bool = False
     closed: bool = False
+    image_fetcher: Any = None  # remote image URLs → inline bytes, for providers that need them
     known_labels: frozenset[str] = field(default_factory=frozenset)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 

@@ -1,12 +1,15 @@
 """Relaying an upstream stream to the client while metering it.
 
-One loop per stream: hand each upstream chunk to a relay (pass-through SSE, or a native
-format's decoder re-encoded as OpenAI chunks), forward what it returns, and in ``finally``
-always close the upstream response — also when the client went away (the stream-wrap
-layer cancels this task) — and fill in usage from what was received when the upstream
-never sent its own. A failure after the first byte cannot change the HTTP status any
-more, so it ends the stream with an OpenAI-style error event instead of a silent or
-truncated 200.
+One loop per stream: hand each upstream chunk to a relay, forward what it returns, and in
+``finally`` always close the upstream response — also when the client went away (the
+stream-wrap layer cancels this task) — and fill in usage from what was received when the
+upstream never sent its own. A failure after the first byte cannot change the HTTP status
+any more, so it ends the stream with an error event in the client's format instead of a
+silent or truncated 200.
+
+Two relays: ``PassthroughRelay`` (OpenAI-compatible upstream, OpenAI client: bytes go
+through) and ``ChunkRelay`` (any other pairing: a decoder turns upstream bytes into OpenAI
+chunk dicts, an encoder turns those into the client's event format).
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ from starlette.types import Send
 
 from proxy import metrics
 from proxy.context import RequestContext, Usage
-from proxy.providers.openai import ChatStreamMeter
+from proxy.providers.openai import ChatStreamMeter, usage_from
 from proxy.runtime import ProviderRuntime
 from proxy.sse import SSEDecoder, encode_event
 from proxy.tokens import estimate_prompt_tokens
 from proxy.upstream import transport_error
 
-__all__ = ["PassthroughRelay", "TranslatedRelay", "relay_stream"]
+__all__ = [
+    "ChunkRelay",
+    "OpenAIChunkDecoder",
+    "OpenAIChunkEncoder",
+    "PassthroughRelay",
+    "relay_stream",
+]
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -44,6 +53,12 @@ class Relay(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def finish(self) -> bytes: ...
+
+    def failure(self, error: dict[str, Any]) -> bytes: ...
+
+
+def _openai_error_event(error: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
 class PassthroughRelay:
@@ -78,6 +93,9 @@ class PassthroughRelay:
             self._handle(event.data, out)
         return b"".join(out) if self._strip else b""  # unstripped: the raw bytes already went out
 
+    def failure(self, error: dict[str, Any]) -> bytes:
+        return _openai_error_event(error)
+
     def _handle(self, data: bytes, out: list[bytes] | None) -> None:
         if data == b"[DONE]":
             self._done = True
@@ -93,13 +111,70 @@ class PassthroughRelay:
             out.append(b"data: " + data + b"\n\n" if b"\n" not in data else encode_event(data))
 
 
-class TranslatedRelay:
-    """A native-format upstream: its decoder yields OpenAI chunk dicts, sent as SSE events."""
+class OpenAIChunkDecoder:
+    """OpenAI-compatible SSE → chunk dicts, for clients that speak another format."""
 
-    def __init__(self, ctx: RequestContext, decoder: Any) -> None:
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.error: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        return self._decode(self._sse.feed(chunk))
+
+    def finish(self) -> list[dict[str, Any]]:
+        return self._decode(self._sse.flush())
+
+    def _decode(self, events: list[Any]) -> list[dict[str, Any]]:
+        out = []
+        for event in events:
+            if event.data == b"[DONE]" or self.error is not None:
+                continue
+            try:
+                obj = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if obj.get("error") is not None:
+                err = obj["error"]
+                self.error = err if isinstance(err, dict) else {"message": str(err), "type": "api_error"}
+                continue
+            if obj.get("usage"):
+                self.usage = usage_from(obj["usage"])
+            for choice in obj.get("choices") or ():
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+            out.append(obj)
+        return out
+
+
+class OpenAIChunkEncoder:
+    """Chunk dicts → OpenAI SSE, for a native upstream serving an OpenAI chat client."""
+
+    def __init__(self, strip_usage: bool) -> None:
+        self._strip = strip_usage
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        if self._strip and not chunk.get("choices"):
+            return b""
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def finish(self, usage: Usage | None) -> bytes:
+        return _DONE
+
+    def error(self, error: dict[str, Any]) -> bytes:
+        return _openai_error_event(error)
+
+
+class ChunkRelay:
+    """Upstream bytes → (decoder) OpenAI chunk dicts → (encoder) the client's events."""
+
+    def __init__(self, ctx: RequestContext, decoder: Any, encoder: Any) -> None:
         self._ctx = ctx
         self._decoder = decoder
-        self._strip = not ctx.client_wants_usage
+        self._encoder = encoder
         self._error_sent = False
         self.output_events = 0
 
@@ -116,24 +191,25 @@ class TranslatedRelay:
 
     def finish(self) -> bytes:
         tail = self._encode(self._decoder.finish())
-        return tail if self._decoder.error is not None else tail + _DONE
+        if self._decoder.error is not None or not self.complete:
+            return tail  # relay_stream ends it with an error event
+        return tail + self._encoder.finish(self._decoder.usage)
+
+    def failure(self, error: dict[str, Any]) -> bytes:
+        return self._encoder.error(error)
 
     def _encode(self, chunks: list[dict[str, Any]]) -> bytes:
         out: list[bytes] = []
         for chunk in chunks:
-            choices = chunk.get("choices")
-            if not choices:
-                if self._strip:
-                    continue
-            elif any(_has_output(c.get("delta") or {}) for c in choices):
+            if any(_has_output(c.get("delta") or {}) for c in chunk.get("choices") or ()):
                 self.output_events += 1
                 if self._ctx.first_token_at is None:
                     self._ctx.first_token_at = time.perf_counter()
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            out.append(self._encoder.feed(chunk))
         error = self._decoder.error
         if error is not None and not self._error_sent:
             self._error_sent = True
-            out.append(b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+            out.append(self._encoder.error(error))
         return b"".join(out)
 
 
@@ -183,6 +259,5 @@ async def relay_stream(
         ctx.fail(502, "upstream_stream_interrupted", failure)
         error = {"message": f"Stream interrupted: {failure}", "type": "upstream_error",
                  "param": None, "code": "stream_interrupted"}
-        await send({"type": "http.response.body", "body": b"data: " + orjson.dumps({"error": error}) + b"\n\n",
-                    "more_body": True})
+        await send({"type": "http.response.body", "body": relay.failure(error), "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

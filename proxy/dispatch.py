@@ -1,0 +1,118 @@
+"""Sending the request's chat-shaped body to the routed provider: the step every surface shares.
+
+Chat completions, Anthropic Messages and Responses all end up here with ``ctx.body`` in
+OpenAI chat shape. Before-plugins run, the body is forwarded as the client's own bytes to
+an OpenAI-compatible provider (re-serialised only if something changed it) or built by the
+provider's translator, and the upstream answer comes back open (streams) or read.
+Upstream failures are raised as ``ProxyError`` in OpenAI shape, before any byte is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import httpx
+import orjson
+
+from proxy import metrics
+from proxy.context import RequestContext
+from proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response, upstream_error
+from proxy.runtime import ProviderRuntime
+from proxy.upstream import open_upstream, transport_error
+
+__all__ = ["Upstream", "complete_chat", "forward_body", "send_chat"]
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(slots=True)
+class Upstream:
+    provider: ProviderRuntime
+    native: ModuleType | None  # the translator; None for an OpenAI-compatible provider
+    response: httpx.Response
+    deadline: float | None
+    data: bytes  # the body, when it was read (non-streaming)
+
+
+def forward_body(ctx: RequestContext) -> bytes:
+    """The client's bytes, unless a layer changed the body or the upstream names the model otherwise."""
+    body = ctx.body
+    assert body is not None and ctx.target is not None
+    if body.get("model") != ctx.target.model:
+        body["model"] = ctx.target.model
+        ctx.body_dirty = True
+    return orjson.dumps(body) if ctx.body_dirty else ctx.raw_body
+
+
+async def send_chat(ctx: RequestContext) -> Upstream:
+    runtime = ctx.runtime
+    ctx.target = target = ctx.candidates[0]
+    provider = runtime.providers[target.provider]
+    if runtime.plugins.has_before:
+        await runtime.plugins.run_before(ctx)
+    native = provider.translator
+    if native is None:
+        path, body, extra = CHAT_PATH, forward_body(ctx), None
+    else:
+        if runtime.image_fetcher is not None and provider.config.type in ("gemini", "ollama"):
+            await runtime.image_fetcher.inline_images(ctx.body)  # these need image bytes inline
+        limits = runtime.catalog.limits(target.model, provider.catalog_id)
+        call = native.build_request(
+            ctx.body, target.model, api_key=provider.config.api_key, stream=ctx.stream,
+            max_output_tokens=limits[1] if limits else None,
+        )
+        path, body, extra = call.path, call.body, call.headers
+    total = provider.config.timeouts.total
+    deadline = asyncio.get_running_loop().time() + total if total else None
+    data = b""
+    try:
+        async with asyncio.timeout_at(deadline):  # total: from sending to the last byte
+            response = await open_upstream(ctx, provider, path, body, extra)
+            status = response.status_code
+            if status >= 400 or not ctx.stream:
+                try:
+                    data = await _read(response, limit=_MAX_ERROR_BODY if status >= 400 else None)
+                finally:
+                    await response.aclose()
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise transport_error(ctx, provider, exc) from None
+    if status >= 400:
+        ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
+        error = (upstream_error(provider.name, status, data, response.headers) if native is None
+                 else native_error(native, status, data, response.headers))
+        provider.record_error(f"HTTP {status}: {error.message[:200]}")
+        metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
+        raise error
+    if not ctx.stream:
+        ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
+        provider.record_ok()
+    return Upstream(provider, native, response, deadline, data)
+
+
+async def complete_chat(ctx: RequestContext) -> dict[str, Any]:
+    """A non-streaming chat completion as a dict, whatever the provider's format."""
+    up = await send_chat(ctx)
+    if up.native is None:
+        ctx.usage, ctx.finish_reason, _ = parse_chat_response(up.data)
+        result = orjson.loads(up.data)
+        if not isinstance(result, dict):
+            raise TypeError("upstream chat completion is not a JSON object")
+        return result
+    translated = up.native.parse_response(up.data, ctx.target.model if ctx.target else "")
+    ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
+    return translated.response
+
+
+async def _read(response: httpx.Response, limit: int | None) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.stream:  # the raw byte stream; no decoding layers
+        parts.append(chunk)
+        size += len(chunk)
+        if limit is not None and size >= limit:
+            break
+    return b"".join(parts)
