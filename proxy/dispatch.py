@@ -24,7 +24,7 @@ from proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response,
 from proxy.runtime import ProviderRuntime
 from proxy.upstream import open_upstream, transport_error
 
-__all__ = ["Upstream", "complete_chat", "forward_body", "send_chat"]
+__all__ = ["Upstream", "complete_chat", "forward_body", "send_chat", "send_native"]
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -66,6 +66,27 @@ async def send_chat(ctx: RequestContext) -> Upstream:
             max_output_tokens=limits[1] if limits else None,
         )
         path, body, extra = call.path, call.body, call.headers
+    return await _send(ctx, provider, native, native, path, body, extra)
+
+
+async def send_native(
+    ctx: RequestContext, provider: ProviderRuntime, path: str, body: bytes, headers: dict[str, str]
+) -> Upstream:
+    """Send a body already in the provider's own format (a pass-through surface).
+
+    Before-plugins are not run: they edit chat-shaped bodies (see README)."""
+    return await _send(ctx, provider, None, provider.translator, path, body, headers)
+
+
+async def _send(
+    ctx: RequestContext,
+    provider: ProviderRuntime,
+    native: ModuleType | None,
+    errors: ModuleType | None,
+    path: str,
+    body: bytes,
+    extra: dict[str, str] | None,
+) -> Upstream:
     total = provider.config.timeouts.total
     deadline = asyncio.get_running_loop().time() + total if total else None
     data = b""
@@ -82,8 +103,8 @@ async def send_chat(ctx: RequestContext) -> Upstream:
         raise transport_error(ctx, provider, exc) from None
     if status >= 400:
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
-        error = (upstream_error(provider.name, status, data, response.headers) if native is None
-                 else native_error(native, status, data, response.headers))
+        error = (upstream_error(provider.name, status, data, response.headers) if errors is None
+                 else native_error(errors, status, data, response.headers))
         provider.record_error(f"HTTP {status}: {error.message[:200]}")
         metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
         raise error

@@ -34,6 +34,7 @@ __all__ = [
     "ChunkRelay",
     "OpenAIChunkDecoder",
     "OpenAIChunkEncoder",
+    "ObservedRelay",
     "PassthroughRelay",
     "relay_stream",
 ]
@@ -211,6 +212,43 @@ class ChunkRelay:
             self._error_sent = True
             out.append(self._encoder.error(error))
         return b"".join(out)
+
+
+class ObservedRelay:
+    """The upstream already speaks the client's format (Anthropic → /v1/messages, OpenAI →
+    /v1/responses): its bytes go through untouched, and a decoder reads them for metering."""
+
+    def __init__(self, ctx: RequestContext, decoder: Any, failure: Any) -> None:
+        self._ctx = ctx
+        self._decoder = decoder
+        self._failure = failure
+        self.output_events = 0
+
+    usage = property(lambda self: self._decoder.usage)
+    finish_reason = property(lambda self: self._decoder.finish_reason)
+    error = property(lambda self: self._decoder.error)
+
+    @property
+    def complete(self) -> bool:
+        return self._decoder.finish_reason is not None
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._count(self._decoder.feed(chunk))
+        return chunk
+
+    def finish(self) -> bytes:
+        self._count(self._decoder.finish())
+        return b""
+
+    def failure(self, error: dict[str, Any]) -> bytes:
+        return self._failure(error)
+
+    def _count(self, chunks: list[dict[str, Any]]) -> None:
+        for chunk in chunks:
+            if any(_has_output(c.get("delta") or {}) for c in chunk.get("choices") or ()):
+                self.output_events += 1
+                if self._ctx.first_token_at is None:
+                    self._ctx.first_token_at = time.perf_counter()
 
 
 def _has_output(delta: dict[str, Any]) -> bool:

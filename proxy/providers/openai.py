@@ -38,6 +38,8 @@ def usage_from(u: Any) -> Usage | None:
 
     Cached prompt tokens appear as ``prompt_tokens_details.cached_tokens`` (OpenAI, xAI),
     ``prompt_cache_hit_tokens`` (DeepSeek) or a top-level ``cached_tokens`` (Moonshot).
+    Reasoning tokens are part of ``completion_tokens`` except at xAI, where the total shows
+    they were counted beside it.
     """
     if not isinstance(u, dict):
         return None
@@ -49,6 +51,9 @@ def usage_from(u: Any) -> Usage | None:
     )
     cdetails = u.get("completion_tokens_details")
     reasoning = (cdetails.get("reasoning_tokens") if isinstance(cdetails, dict) else None) or 0
+    total = u.get("total_tokens")
+    if reasoning and total == prompt + completion + reasoning:
+        completion += reasoning  # xAI counts reasoning outside completion_tokens; OpenAI inside
     return Usage(
         prompt_tokens=int(prompt),
         completion_tokens=int(completion),
