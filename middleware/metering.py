@@ -48,4 +48,5 @@ class MeteringMiddleware:
         try:
             await self.app(scope, receive, send_with_overhead)
         finally:
-            ctx.cost = price(ctx)
+            if ctx.cost is None:  # an endpoint may have priced the request itself (per image)
+                ctx.cost = price(ctx)

@@ -20,6 +20,7 @@ from proxy import metrics
 from proxy.asgi import endpoint_name, header, route_path
 from proxy.context import SCOPE_KEY, RequestContext
 from proxy.errors import ProxyError, send_error
+from proxy.inbound.anthropic_messages import error_body as anthropic_error_body
 from proxy.runtime import RuntimeHolder
 from proxy.telemetry import finish_request
 
@@ -80,6 +81,9 @@ class RequestContextMiddleware:
         except ProxyError as exc:
             if not response_started:
                 ctx.fail(exc.status, exc.type, exc.message)
+                if ctx.endpoint.startswith("messages"):  # the Anthropic surface answers in Anthropic's shape
+                    exc = ProxyError(exc.status, exc.message, headers=exc.headers,
+                                     body=anthropic_error_body(exc.status, exc.message))
                 await send_error(send_with_id, exc)
         except Exception:
             logger.exception("unhandled error in request %s", request_id)

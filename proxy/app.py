@@ -24,7 +24,11 @@ from middleware.stream_wrap import StreamWrapMiddleware
 from proxy.config import Config
 from proxy.context import get_context
 from proxy.endpoints.chat import chat_completions
+from proxy.endpoints.embeddings import create_embeddings
+from proxy.endpoints.images import generate_images
 from proxy.endpoints.info import health, list_models, metrics_endpoint
+from proxy.endpoints.messages import count_tokens, messages
+from proxy.endpoints.responses import responses
 from proxy.errors import error_body
 from proxy.runtime import Runtime, RuntimeHolder, check_config
 
@@ -94,9 +98,19 @@ def create_app(config: str | Path | Config | None = None) -> Starlette:
 
     chat = _Endpoint(chat_completions)
     models = _Endpoint(list_models)
+    embeddings = _Endpoint(create_embeddings)
+    images = _Endpoint(generate_images)
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/images/generations", images, methods=["POST"]),
+        Route("/images/generations", images, methods=["POST"]),
+        *(Route(prefix + path, _Endpoint(handler), methods=["POST"])
+          for prefix in ("/v1", "")
+          for path, handler in (("/messages", messages), ("/messages/count_tokens", count_tokens),
+                                ("/responses", responses))),
         Route("/v1/models", models, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
         Route("/health", _Endpoint(health(holder)), methods=["GET"]),

@@ -26,6 +26,7 @@ from proxy.context import Target
 from proxy.errors import ProxyError
 from proxy.keys import KeyLookup, StaticKeys
 from proxy.providers import translator
+from proxy.remote_images import ImageFetcher
 from proxy.store import RequestLogWriter
 from proxy.transport import AiohttpTransport
 
@@ -203,6 +204,8 @@ class Runtime:
             if p.enabled:
                 p.transport = AiohttpTransport(limit=p.config.max_connections)
                 p.extensions = {"timeout": p.timeout.as_dict()}
+        if any(p.enabled and p.config.type in ("gemini", "ollama") for p in self.providers.values()):
+            self.image_fetcher = ImageFetcher(self.config.images)
         self.started = True
         if self.keys.open:
             logger.warning("no client keys configured: serving loopback clients only (set auth.master_key)")
@@ -222,6 +225,9 @@ class Runtime:
             if p.transport is not None:
                 await p.transport.aclose()
                 p.transport = None
+        if self.image_fetcher is not None:
+            await self.image_fetcher.aclose()
+            self.image_fetcher = None
         self.log_writer.close()
         self.started = False
         self.closed = True

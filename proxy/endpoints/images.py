@@ -1,0 +1,126 @@
+"""``POST /v1/images/generations``: OpenAI-compatible pass-through, or Gemini Imagen translated.
+
+OpenAI-compatible providers get the client's bytes at ``{base_url}/images/generations`` and
+their answer goes back untouched (a ``stream: true`` request, which gpt-image models accept,
+is relayed byte for byte). Gemini ``imagen*`` models go to ``:predict``; their images come
+back as ``b64_json``, or as ``data:`` URIs when ``response_format`` is ``url`` (Gemini hosts
+no images). Other provider types cannot generate images here.
+
+Cost: the serving provider's ``prices.<model>.per_image`` times the images returned, set
+here; without it, token usage the upstream reported (gpt-image) is priced by the catalog
+like any other request; else the cost stays unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from proxy.context import SCOPE_KEY, RequestContext, Usage
+from proxy.endpoints.embeddings import (
+    call_upstream,
+    deadline_for,
+    forward_body,
+    open_checked,
+    run_endpoint,
+    send_body,
+    unsupported,
+)
+from proxy.errors import bad_request
+from proxy.providers import embeddings as native
+from proxy.runtime import ProviderRuntime
+from proxy.upstream import transport_error
+
+__all__ = ["generate_images"]
+
+IMAGES_PATH = "/images/generations"
+
+
+async def generate_images(scope: Scope, receive: Receive, send: Send) -> None:
+    await run_endpoint(scope["state"][SCOPE_KEY], send, _dispatch)
+
+
+def _image_usage(obj: Any) -> Usage | None:
+    """gpt-image's ``usage`` (input/output tokens); DALL·E and most servers send none."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+    if not isinstance(inp, int) and not isinstance(out, int):
+        return None
+    details = usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(prompt_tokens=inp if isinstance(inp, int) else 0,
+                 completion_tokens=out if isinstance(out, int) else 0,
+                 cached_tokens=cached if isinstance(cached, int) else 0)
+
+
+def _meter(ctx: RequestContext, provider: ProviderRuntime, images: int, usage: Usage | None) -> None:
+    assert ctx.target is not None
+    ctx.usage = usage
+    price = provider.config.prices.get(ctx.target.model)
+    if price is not None and price.per_image is not None:
+        ctx.cost = images * price.per_image  # metering keeps a cost set here
+
+
+async def _dispatch(ctx: RequestContext, provider: ProviderRuntime, send: Send) -> None:
+    body = ctx.body
+    target = ctx.target
+    assert body is not None and target is not None
+    kind = provider.config.type
+    if kind == "openai":
+        if ctx.stream:
+            await _relay_stream(ctx, provider, forward_body(ctx), send)
+            return
+        data = await call_upstream(ctx, provider, IMAGES_PATH, forward_body(ctx))
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            obj = None
+        images = obj.get("data") if isinstance(obj, dict) else None
+        _meter(ctx, provider, len(images) if isinstance(images, list) else 0, _image_usage(obj))
+        await send_body(send, data)
+        return
+    if kind != "gemini" or not native.is_imagen(target.model):
+        raise unsupported("Image generation" + (" with a non-Imagen model" if kind == "gemini" else ""), provider)
+    if ctx.stream:
+        raise bad_request(f"stream is not supported for image generation with provider '{provider.name}'",
+                          param="stream")
+    call = native.gemini_image_request(body, target.model, api_key=provider.config.api_key)
+    data = await call_upstream(ctx, provider, call.path, call.body, call.headers)
+    response = native.gemini_image_response(data, body.get("response_format"), provider.name)
+    _meter(ctx, provider, len(response["data"]), None)
+    await send_body(send, orjson.dumps(response))
+
+
+async def _relay_stream(ctx: RequestContext, provider: ProviderRuntime, body: bytes, send: Send) -> None:
+    """gpt-image streaming: the upstream's events go through as they come, unmetered."""
+    started = False
+    try:
+        async with asyncio.timeout_at(deadline_for(provider)):
+            response = await open_checked(ctx, provider, IMAGES_PATH, body, None)
+            try:
+                ctype = response.headers.get("content-type", "text/event-stream")
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", ctype.encode())]})
+                started = True
+                async for chunk in response.stream:
+                    if ctx.first_token_at is None:
+                        ctx.first_token_at = time.perf_counter()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                await response.aclose()
+    except (httpx.HTTPError, TimeoutError) as exc:
+        error = transport_error(ctx, provider, exc)
+        if not started:
+            raise error from None
+        ctx.fail(error.status, error.type, error.message)  # too late for a status: end the stream
+    else:
+        provider.record_ok()
+    ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
+    await send({"type": "http.response.body", "body": b""})

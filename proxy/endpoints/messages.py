@@ -1,0 +1,129 @@
+"""``POST /v1/messages`` (Anthropic Messages API) and ``/v1/messages/count_tokens``.
+
+When the routed provider is Anthropic the client's bytes go up and Anthropic's come back,
+read only for metering — thinking signatures, cache control and beta features survive.
+Any other provider is reached through chat: the request is translated to chat, served
+like a chat completion, and the answer or event stream translated back, so a
+Claude-Code-style client works against OpenAI, Gemini, DeepSeek or Ollama models.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from proxy.asgi import header
+from proxy.context import SCOPE_KEY, RequestContext
+from proxy.dispatch import complete_chat, send_chat, send_native
+from proxy.endpoints.chat import run_plugins_around
+from proxy.inbound import anthropic_messages as inbound
+from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, relay_stream
+
+__all__ = ["count_tokens", "messages"]
+
+_JSON = (b"content-type", b"application/json")
+_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+_VERSION = "2023-06-01"
+
+
+async def messages(scope: Scope, receive: Receive, send: Send) -> None:
+    ctx: RequestContext = scope["state"][SCOPE_KEY]
+    await run_plugins_around(ctx, lambda c, s: _messages(c, s, scope), send)
+
+
+async def count_tokens(scope: Scope, receive: Receive, send: Send) -> None:
+    ctx: RequestContext = scope["state"][SCOPE_KEY]
+    ctx.target = target = ctx.candidates[0]
+    provider = ctx.runtime.providers[target.provider]
+    if provider.config.type == "anthropic":
+        up = await send_native(ctx, provider, "/v1/messages/count_tokens", _native_body(ctx), _headers(scope, provider))
+        data = up.data
+    else:  # no tokenizer for other vendors here: an estimate, and said so in a header
+        data = orjson.dumps({"input_tokens": inbound.count_tokens(ctx.body or {})})
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _native_body(ctx: RequestContext) -> bytes:
+    body = ctx.body
+    assert body is not None and ctx.target is not None
+    if body.get("model") != ctx.target.model:
+        body["model"] = ctx.target.model
+        return orjson.dumps(body)
+    return ctx.raw_body
+
+
+def _headers(scope: Scope, provider: Any) -> dict[str, str]:
+    """Anthropic's own headers: the provider's key, and the client's API version and betas."""
+    headers = {"anthropic-version": (header(scope, b"anthropic-version") or _VERSION.encode()).decode("latin-1")}
+    beta = header(scope, b"anthropic-beta")
+    if beta:
+        headers["anthropic-beta"] = beta.decode("latin-1")
+    if provider.config.api_key:
+        headers["x-api-key"] = provider.config.api_key
+    return headers
+
+
+async def _messages(ctx: RequestContext, send: Send, scope: Scope) -> None:
+    ctx.target = target = ctx.candidates[0]
+    provider = ctx.runtime.providers[target.provider]
+    model = ctx.requested_model or target.model
+    if provider.config.type == "anthropic":
+        up = await send_native(ctx, provider, "/v1/messages", _native_body(ctx), _headers(scope, provider))
+        native = provider.translator
+        assert native is not None
+        if not ctx.stream:
+            translated = native.parse_response(up.data, target.model)
+            ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
+            await _send_json(send, up.data)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
+        relay = ObservedRelay(ctx, native.StreamDecoder(target.model), _error_event)
+        await relay_stream(ctx, provider, up.response, send, up.deadline, relay)
+        return
+
+    original = ctx.body or {}
+    ctx.body = inbound.to_chat(original)
+    ctx.body_dirty = True
+    if not ctx.stream:
+        completion = await complete_chat(ctx)
+        await _send_json(send, orjson.dumps(inbound.from_chat(completion, model)))
+        return
+    up = await send_chat(ctx)
+    stream = inbound.EventStream(model, "msg_" + os.urandom(12).hex())
+    await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
+    await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
+    decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(target.model)
+    await relay_stream(ctx, up.provider, up.response, send, up.deadline, ChunkRelay(ctx, decoder, _Encoder(stream)))
+
+
+class _Encoder:
+    """The Anthropic event stream behind the relay's encoder interface."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        return self._stream.feed(chunk)
+
+    def finish(self, usage: Any) -> bytes:
+        return self._stream.finish(usage)
+
+    def error(self, error: dict[str, Any]) -> bytes:
+        return _error_event(error)
+
+
+def _error_event(error: dict[str, Any]) -> bytes:
+    kind = "overloaded_error" if error.get("code") in ("overloaded_error", "overloaded") else "api_error"
+    body = {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "upstream error")}}
+    return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
+async def _send_json(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
+    await send({"type": "http.response.body", "body": data})

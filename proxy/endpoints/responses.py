@@ -1,0 +1,138 @@
+"""``POST /v1/responses`` (OpenAI Responses API).
+
+A provider that serves ``/responses`` itself (``responses_api: true``, i.e. OpenAI) gets the
+client's bytes and its answer is relayed as is, read only for metering. Every other
+provider is reached through chat: the request is translated to chat, served like a chat
+completion, and the answer or event stream translated back into Responses shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from proxy.context import SCOPE_KEY, RequestContext, Usage
+from proxy.dispatch import complete_chat, forward_body, send_chat, send_native
+from proxy.endpoints.chat import run_plugins_around
+from proxy.inbound import responses as inbound
+from proxy.sse import SSEDecoder
+from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, relay_stream
+
+__all__ = ["ResponsesObserver", "responses", "usage_from_responses"]
+
+_JSON = (b"content-type", b"application/json")
+_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+
+
+def usage_from_responses(u: Any) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    cached = (u.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (u.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+    return Usage(prompt_tokens=int(u.get("input_tokens") or 0), completion_tokens=int(u.get("output_tokens") or 0),
+                 reasoning_tokens=int(reasoning), cached_tokens=int(cached))
+
+
+async def responses(scope: Scope, receive: Receive, send: Send) -> None:
+    await run_plugins_around(scope["state"][SCOPE_KEY], _responses, send)
+
+
+async def _responses(ctx: RequestContext, send: Send) -> None:
+    ctx.target = target = ctx.candidates[0]
+    provider = ctx.runtime.providers[target.provider]
+    request = ctx.body or {}
+    model = ctx.requested_model or target.model
+    if provider.translator is None and provider.config.responses_api:
+        up = await send_native(ctx, provider, "/responses", forward_body(ctx), {})
+        if not ctx.stream:
+            try:
+                obj = orjson.loads(up.data)
+            except orjson.JSONDecodeError:
+                obj = {}
+            ctx.usage = usage_from_responses(obj.get("usage") if isinstance(obj, dict) else None)
+            await _send_json(send, up.data)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
+        stream = inbound.EventStream(request, model)
+        relay = ObservedRelay(ctx, ResponsesObserver(), lambda error: _failed(stream, error))
+        await relay_stream(ctx, provider, up.response, send, up.deadline, relay)
+        return
+
+    ctx.body = inbound.to_chat(request)
+    ctx.body_dirty = True
+    if not ctx.stream:
+        completion = await complete_chat(ctx)
+        await _send_json(send, orjson.dumps(inbound.from_chat(completion, request)))
+        return
+    up = await send_chat(ctx)
+    stream = inbound.EventStream(request, model)
+    await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
+    await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
+    decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(target.model)
+    await relay_stream(ctx, up.provider, up.response, send, up.deadline, ChunkRelay(ctx, decoder, _Encoder(stream)))
+
+
+class _Encoder:
+    """The Responses event stream behind the relay's encoder interface."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        return self._stream.feed(chunk)
+
+    def finish(self, usage: Usage | None) -> bytes:
+        return self._stream.finish(usage)
+
+    def error(self, error: dict[str, Any]) -> bytes:
+        return _failed(self._stream, error)
+
+
+def _failed(stream: Any, error: dict[str, Any]) -> bytes:
+    return stream.error(str(error.get("message") or "upstream error"), str(error.get("code") or "server_error"))
+
+
+class ResponsesObserver:
+    """Reads a Responses event stream passing through: usage from the final response,
+    and each text delta counted as output (for time to first token)."""
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.error: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        return self._read(self._sse.feed(chunk))
+
+    def finish(self) -> list[dict[str, Any]]:
+        return self._read(self._sse.flush())
+
+    def _read(self, events: list[Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for event in events:
+            try:
+                obj = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            kind = obj.get("type") if isinstance(obj, dict) else None
+            if kind in ("response.output_text.delta", "response.reasoning_summary_text.delta",
+                        "response.function_call_arguments.delta"):
+                out.append({"choices": [{"delta": {"content": "x"}}]})
+            elif kind in ("response.completed", "response.incomplete"):
+                response = obj.get("response") or {}
+                self.usage = usage_from_responses(response.get("usage"))
+                self.finish_reason = "stop" if kind == "response.completed" else "length"
+            elif kind in ("response.failed", "error"):
+                err = (obj.get("response") or {}).get("error") if kind == "response.failed" else obj
+                self.error = {"message": str((err or {}).get("message") or "response failed"),
+                              "code": (err or {}).get("code")}
+        return out
+
+
+async def _send_json(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
+    await send({"type": "http.response.body", "body": data})
