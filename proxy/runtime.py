@@ -206,9 +206,32 @@ class Runtime:
                 p.extensions = {"timeout": p.timeout.as_dict()}
         if any(p.enabled and p.config.type in ("gemini", "ollama") for p in self.providers.values()):
             self.image_fetcher = ImageFetcher(self.config.images)
+        for p in self.providers.values():
+            if p.enabled and p.config.type == "ollama" and not p.config.models:
+                await self._discover_ollama(p)
         self.started = True
         if self.keys.open:
             logger.warning("no client keys configured: serving loopback clients only (set auth.master_key)")
+
+    async def _discover_ollama(self, provider: ProviderRuntime) -> None:
+        """An Ollama provider listing no models serves whatever ``/api/tags`` reports at startup."""
+        assert provider.transport is not None and provider.translator is not None
+        request = httpx.Request("GET", provider.url("/api/tags"), headers=provider.raw_headers,
+                                extensions={"timeout": httpx.Timeout(5.0).as_dict()})
+        try:
+            response = await provider.transport.handle_async_request(request)
+            try:
+                data = b"".join([chunk async for chunk in response.stream])
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            logger.warning("provider %s: model discovery failed (%s)", provider.name, type(exc).__name__)
+            return
+        names = provider.translator.parse_tags(data) if response.status_code == 200 else []
+        for name in names:
+            self.models.setdefault(name, []).append(Target(provider.name, name))
+        self.known_labels = self.known_labels | frozenset(names)
+        logger.info("provider %s: discovered %d model(s)", provider.name, len(names))
 
     async def ensure_started(self) -> None:
         """Start on first use when no lifespan did: a host app that mounts the gateway without

@@ -74,6 +74,7 @@ class Gateway:
             uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=3, lifespan="on")
         )
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self.clients: list[Any] = []  # SDK clients a test made; closed on stop
 
     @property
     def runtime(self) -> Any:
@@ -89,6 +90,8 @@ class Gateway:
         return self
 
     def stop(self) -> None:
+        for client in self.clients:
+            client.close()
         self.server.should_exit = True
         self._thread.join(10)
         self._sock.close()

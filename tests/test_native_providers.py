@@ -56,6 +56,11 @@ class NativeUpstream:
             raw += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if scope["method"] == "GET" and scope["path"] == "/api/tags":
+            tags = b'{"models": [{"name": "qwen3:8b", "model": "qwen3:8b"}, {"name": "llama3.2:latest"}]}'
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": tags})
+            return
         body = json.loads(raw)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.requests.append({"path": scope["path"], "query": scope["query_string"].decode(),
@@ -92,6 +97,7 @@ def gw(native: tuple[NativeUpstream, str], tmp_path: Any) -> Iterator[Gateway]:
         "gem": {"type": "gemini", "base_url": url, "api_key": GEMINI_KEY, "catalog_provider": "google",
                 "models": ["gemini-2.5-flash"]},
         "llama": {"type": "ollama", "base_url": url, "api_key_required": False, "models": ["llama3.2"]},
+        "local": {"type": "ollama", "base_url": url, "api_key_required": False},  # models from /api/tags
     }
     gateway = Gateway(gateway_config(url, tmp_path / "native.db", providers=providers)).start()
     yield gateway
@@ -99,7 +105,9 @@ def gw(native: tuple[NativeUpstream, str], tmp_path: Any) -> Iterator[Gateway]:
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    gateway.clients.append(client)  # closed with the gateway: no sockets left for the GC
+    return client
 
 
 def hello(model: str, text: str = "Hello") -> dict[str, Any]:
@@ -137,6 +145,7 @@ def test_anthropic_stream(gw: Gateway) -> None:
     (row,) = gw.rows(1)
     assert (row["prompt_tokens"], row["completion_tokens"], row["stream"], row["usage_estimated"]) == (11, 6, 1, 0)
     assert row["ttft_ms"] is not None and row["finish_reason"] == "stop"
+    assert row["cost_usd"] == pytest.approx((11 * 3.0 + 6 * 15.0) / 1e6, rel=1e-12)
 
 
 def test_anthropic_stream_with_usage_asked(gw: Gateway) -> None:
@@ -174,6 +183,8 @@ def test_gemini_stream_reasoning_and_final_usage(gw: Gateway, native: tuple[Nati
     (row,) = gw.rows(1)
     # usageMetadata is cumulative: the last one counts, never the sum
     assert (row["prompt_tokens"], row["completion_tokens"], row["reasoning_tokens"]) == (51, 745 + 1234, 1234)
+    # catalog google/gemini-2.5-flash: 0.3 in, 2.5 out (thoughts bill as output)
+    assert row["cost_usd"] == pytest.approx((51 * 0.3 + (745 + 1234) * 2.5) / 1e6, rel=1e-12)
 
 
 def test_ollama_native_stream_and_not(gw: Gateway, native: tuple[NativeUpstream, str]) -> None:
@@ -185,3 +196,37 @@ def test_ollama_native_stream_and_not(gw: Gateway, native: tuple[NativeUpstream,
     assert native[0].requests[-1]["body"]["stream"] is False
     rows = gw.rows(2)
     assert [(r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [(26, 282), (26, 298)]
+
+
+def test_anthropic_sdk_against_every_native_upstream(gw: Gateway) -> None:
+    """The Messages surface served by Gemini- and Ollama-format upstreams (and Anthropic's own)."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    gw.clients.append(client)
+    for model, text in (("gemini-2.5-flash", "Paris"), ("llama3.2", "Hello! How are you today?")):
+        msg = client.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+        assert [b.text for b in msg.content if b.type == "text"] == [text]
+    with client.messages.stream(model="llama3.2", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+        assert "".join(s.text_stream) == "The sky"
+    rows = gw.rows(3)
+    assert [(r["endpoint"], r["provider"], r["status"]) for r in rows] == [
+        ("messages", "gem", 200), ("messages", "llama", 200), ("messages", "llama", 200)]
+    assert (rows[2]["prompt_tokens"], rows[2]["completion_tokens"]) == (26, 282)
+
+
+def test_responses_api_served_by_anthropic(gw: Gateway) -> None:
+    events = list(sdk(gw).responses.create(model="claude-sonnet-4-5", input="hi", stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "Hello there!" and events[-1].type == "response.completed"
+    assert events[-1].response.usage.output_tokens == 6
+    (row,) = gw.rows(1)
+    assert (row["endpoint"], row["prompt_tokens"], row["completion_tokens"]) == ("responses", 11, 6)
+
+
+def test_ollama_models_discovered_from_tags(gw: Gateway, native: tuple[NativeUpstream, str]) -> None:
+    ids = {m.id: m.owned_by for m in sdk(gw).models.list()}
+    assert ids["qwen3:8b"] == "local" and ids["llama3.2:latest"] == "local"
+    reply = sdk(gw).chat.completions.create(**hello("qwen3:8b"))
+    assert reply.choices[0].message.content == "Hello! How are you today?"
+    assert native[0].requests[-1]["body"]["model"] == "qwen3:8b"

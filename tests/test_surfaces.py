@@ -85,11 +85,15 @@ def gw(mock: MockUpstream, replay: tuple[Replay, str], tmp_path: Any) -> Iterato
 
 
 def claude(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    gw.clients.append(client)  # closed with the gateway: no sockets left for the GC
+    return client
 
 
 def oai(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    gw.clients.append(client)
+    return client
 
 
 def test_messages_translated_to_an_openai_provider(gw: Gateway, mock: MockUpstream) -> None:
@@ -146,9 +150,10 @@ def test_messages_errors_in_anthropic_shape(gw: Gateway) -> None:
     with pytest.raises(anthropic.NotFoundError) as info:
         claude(gw).messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
     assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == "not_found_error"
+    wrong = anthropic.Anthropic(base_url=gw.url, api_key="sk-wrong-key-123", max_retries=0)
+    gw.clients.append(wrong)
     with pytest.raises(anthropic.AuthenticationError):
-        anthropic.Anthropic(base_url=gw.url, api_key="sk-wrong-key-123", max_retries=0).messages.create(
-            model="gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        wrong.messages.create(model="gpt-4o", max_tokens=10, messages=[{"role": "user", "content": "x"}])
 
 
 def test_count_tokens_estimate(gw: Gateway) -> None:
@@ -201,3 +206,29 @@ def test_responses_pass_through_to_openai(gw: Gateway, replay: tuple[Replay, str
     assert events[-1].type == "response.completed"
     rows = gw.rows(2)
     assert all(r["status"] == 200 and r["completion_tokens"] for r in rows)
+
+
+def test_messages_streamed_tool_conversation_is_metered(gw: Gateway, mock: MockUpstream) -> None:
+    """The acceptance path: a tool-using conversation streamed by the anthropic SDK through
+    /v1/messages, served by an OpenAI-format upstream, with usage and cost in the log."""
+    client = claude(gw)
+    history: list[dict[str, Any]] = [{"role": "user", "content": "weather in Paris?"}]
+    with client.messages.stream(model="gpt-4o", max_tokens=100, tools=[WEATHER_TOOL], messages=history) as stream:
+        first = stream.get_final_message()
+    tool = next(b for b in first.content if b.type == "tool_use")
+    history += [{"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool.id, "content": "18C"}]}]
+    with client.messages.stream(model="gpt-4o", max_tokens=100, tools=[WEATHER_TOOL], messages=history) as stream:
+        second = stream.get_final_message()
+    sent = mock.requests[-1].body["messages"]
+    assert sent[-2]["tool_calls"][0]["id"] == tool.id and sent[-1] == {
+        "role": "tool", "tool_call_id": tool.id, "content": "18C"}
+    assert second.usage.output_tokens == first.usage.output_tokens == 3  # the mock answers tools with a call
+    rows = gw.rows(2)
+    for row, msg in zip(rows, (first, second), strict=True):
+        assert (row["endpoint"], row["stream"], row["usage_estimated"]) == ("messages", 1, 0)
+        assert row["completion_tokens"] == msg.usage.output_tokens
+        # gpt-4o at the catalog price: 2.5 in, 10 out per 1M tokens
+        assert row["cost_usd"] == pytest.approx((row["prompt_tokens"] * 2.5 + row["completion_tokens"] * 10) / 1e6,
+                                                rel=1e-12)
+    assert rows[1]["prompt_tokens"] > rows[0]["prompt_tokens"] > 0
