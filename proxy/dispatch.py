@@ -24,7 +24,7 @@ from proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response,
 from proxy.runtime import ProviderRuntime
 from proxy.upstream import open_upstream, transport_error
 
-__all__ = ["Upstream", "complete_chat", "forward_body", "send_chat", "send_native"]
+__all__ = ["Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -36,6 +36,24 @@ class Upstream:
     response: httpx.Response
     deadline: float | None
     data: bytes  # the body, when it was read (non-streaming)
+
+
+async def with_plugins(ctx: RequestContext, handler: Any, send: Any) -> None:
+    """Run a surface's handler between the after and error plugin stages."""
+    plugins = ctx.runtime.plugins
+    try:
+        await handler(ctx, send)
+    except Exception as exc:
+        if plugins.has_error:
+            await plugins.run_error(ctx, exc)
+        raise
+    if plugins.has_after and ctx.error_type is None:
+        await plugins.run_after(ctx)
+
+
+async def run_before(ctx: RequestContext) -> None:
+    if ctx.runtime.plugins.has_before:
+        await ctx.runtime.plugins.run_before(ctx)
 
 
 def forward_body(ctx: RequestContext) -> bytes:
@@ -52,8 +70,7 @@ async def send_chat(ctx: RequestContext) -> Upstream:
     runtime = ctx.runtime
     ctx.target = target = ctx.candidates[0]
     provider = runtime.providers[target.provider]
-    if runtime.plugins.has_before:
-        await runtime.plugins.run_before(ctx)
+    await run_before(ctx)
     native = provider.translator
     if native is None:
         path, body, extra = CHAT_PATH, forward_body(ctx), None

@@ -11,31 +11,18 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from proxy.context import SCOPE_KEY, RequestContext
-from proxy.dispatch import send_chat
+from proxy.dispatch import send_chat, with_plugins
 from proxy.providers.openai import parse_chat_response
 from proxy.streaming import ChunkRelay, OpenAIChunkEncoder, PassthroughRelay, relay_stream
 
-__all__ = ["chat_completions", "run_plugins_around"]
+__all__ = ["chat_completions"]
 
 _JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
-async def run_plugins_around(ctx: RequestContext, handler, send: Send) -> None:  # noqa: ANN001
-    """The after and error plugin stages around a surface's handler."""
-    plugins = ctx.runtime.plugins
-    try:
-        await handler(ctx, send)
-    except Exception as exc:
-        if plugins.has_error:
-            await plugins.run_error(ctx, exc)
-        raise
-    if plugins.has_after and ctx.error_type is None:
-        await plugins.run_after(ctx)
-
-
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-    await run_plugins_around(scope["state"][SCOPE_KEY], _chat, send)
+    await with_plugins(scope["state"][SCOPE_KEY], _chat, send)
 
 
 async def _chat(ctx: RequestContext, send: Send) -> None:

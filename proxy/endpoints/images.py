@@ -13,28 +13,18 @@ like any other request; else the cost stays unknown.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
-import httpx
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from proxy.context import SCOPE_KEY, RequestContext, Usage
-from proxy.endpoints.embeddings import (
-    call_upstream,
-    deadline_for,
-    forward_body,
-    open_checked,
-    run_endpoint,
-    send_body,
-    unsupported,
-)
-from proxy.errors import bad_request
+from proxy.dispatch import forward_body, run_before, send_native, with_plugins
+from proxy.endpoints.embeddings import call, unsupported
+from proxy.errors import bad_request, send_json
 from proxy.providers import embeddings as native
 from proxy.runtime import ProviderRuntime
-from proxy.upstream import transport_error
+from proxy.streaming import ObservedRelay, relay_stream
 
 __all__ = ["generate_images"]
 
@@ -42,7 +32,7 @@ IMAGES_PATH = "/images/generations"
 
 
 async def generate_images(scope: Scope, receive: Receive, send: Send) -> None:
-    await run_endpoint(scope["state"][SCOPE_KEY], send, _dispatch)
+    await with_plugins(scope["state"][SCOPE_KEY], _dispatch, send)
 
 
 def _image_usage(obj: Any) -> Usage | None:
@@ -68,59 +58,63 @@ def _meter(ctx: RequestContext, provider: ProviderRuntime, images: int, usage: U
         ctx.cost = images * price.per_image  # metering keeps a cost set here
 
 
-async def _dispatch(ctx: RequestContext, provider: ProviderRuntime, send: Send) -> None:
+async def _dispatch(ctx: RequestContext, send: Send) -> None:
+    ctx.target = target = ctx.candidates[0]
+    provider = ctx.runtime.providers[target.provider]
+    await run_before(ctx)
     body = ctx.body
-    target = ctx.target
-    assert body is not None and target is not None
+    assert body is not None
     kind = provider.config.type
     if kind == "openai":
         if ctx.stream:
-            await _relay_stream(ctx, provider, forward_body(ctx), send)
+            await _relay_stream(ctx, provider, send)
             return
-        data = await call_upstream(ctx, provider, IMAGES_PATH, forward_body(ctx))
+        data = await call(ctx, provider, IMAGES_PATH, forward_body(ctx))
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             obj = None
         images = obj.get("data") if isinstance(obj, dict) else None
         _meter(ctx, provider, len(images) if isinstance(images, list) else 0, _image_usage(obj))
-        await send_body(send, data)
+        await send_json(send, 200, data)
         return
     if kind != "gemini" or not native.is_imagen(target.model):
         raise unsupported("Image generation" + (" with a non-Imagen model" if kind == "gemini" else ""), provider)
     if ctx.stream:
         raise bad_request(f"stream is not supported for image generation with provider '{provider.name}'",
                           param="stream")
-    call = native.gemini_image_request(body, target.model, api_key=provider.config.api_key)
-    data = await call_upstream(ctx, provider, call.path, call.body, call.headers)
+    request = native.gemini_image_request(body, target.model, api_key=provider.config.api_key)
+    data = await call(ctx, provider, request.path, request.body, request.headers)
     response = native.gemini_image_response(data, body.get("response_format"), provider.name)
     _meter(ctx, provider, len(response["data"]), None)
-    await send_body(send, orjson.dumps(response))
+    await send_json(send, 200, orjson.dumps(response))
 
 
-async def _relay_stream(ctx: RequestContext, provider: ProviderRuntime, body: bytes, send: Send) -> None:
+async def _relay_stream(ctx: RequestContext, provider: ProviderRuntime, send: Send) -> None:
     """gpt-image streaming: the upstream's events go through as they come, unmetered."""
-    started = False
-    try:
-        async with asyncio.timeout_at(deadline_for(provider)):
-            response = await open_checked(ctx, provider, IMAGES_PATH, body, None)
-            try:
-                ctype = response.headers.get("content-type", "text/event-stream")
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", ctype.encode())]})
-                started = True
-                async for chunk in response.stream:
-                    if ctx.first_token_at is None:
-                        ctx.first_token_at = time.perf_counter()
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finally:
-                await response.aclose()
-    except (httpx.HTTPError, TimeoutError) as exc:
-        error = transport_error(ctx, provider, exc)
-        if not started:
-            raise error from None
-        ctx.fail(error.status, error.type, error.message)  # too late for a status: end the stream
-    else:
-        provider.record_ok()
-    ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
-    await send({"type": "http.response.body", "body": b""})
+    up = await send_native(ctx, provider, IMAGES_PATH, forward_body(ctx), {})
+    ctype = up.response.headers.get("content-type", "text/event-stream")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype.encode())]})
+    relay = ObservedRelay(ctx, _Bytes(), lambda error: b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+    await relay_stream(ctx, provider, up.response, send, up.deadline, relay)
+
+
+class _Bytes:
+    """An image event stream is not metered: the first bytes count as output, the end as done."""
+
+    usage: Usage | None = None
+    error: dict[str, Any] | None = None
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self._seen = False
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        if self._seen:
+            return []
+        self._seen = True
+        return [{"choices": [{"delta": {"content": "image"}}]}]
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.finish_reason = "stop"
+        return []

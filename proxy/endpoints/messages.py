@@ -17,21 +17,20 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.asgi import header
 from proxy.context import SCOPE_KEY, RequestContext
-from proxy.dispatch import complete_chat, send_chat, send_native
-from proxy.endpoints.chat import run_plugins_around
+from proxy.dispatch import complete_chat, send_chat, send_native, with_plugins
+from proxy.errors import send_json
 from proxy.inbound import anthropic_messages as inbound
 from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, relay_stream
 
 __all__ = ["count_tokens", "messages"]
 
-_JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
 _VERSION = "2023-06-01"
 
 
 async def messages(scope: Scope, receive: Receive, send: Send) -> None:
     ctx: RequestContext = scope["state"][SCOPE_KEY]
-    await run_plugins_around(ctx, lambda c, s: _messages(c, s, scope), send)
+    await with_plugins(ctx, lambda c, s: _messages(c, s, scope), send)
 
 
 async def count_tokens(scope: Scope, receive: Receive, send: Send) -> None:
@@ -43,9 +42,7 @@ async def count_tokens(scope: Scope, receive: Receive, send: Send) -> None:
         data = up.data
     else:  # no tokenizer for other vendors here: an estimate, and said so in a header
         data = orjson.dumps({"input_tokens": inbound.count_tokens(ctx.body or {})})
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
-    await send({"type": "http.response.body", "body": data})
+    await send_json(send, 200, data)
 
 
 def _native_body(ctx: RequestContext) -> bytes:
@@ -79,7 +76,7 @@ async def _messages(ctx: RequestContext, send: Send, scope: Scope) -> None:
         if not ctx.stream:
             translated = native.parse_response(up.data, target.model)
             ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
-            await _send_json(send, up.data)
+            await send_json(send, 200, up.data)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
         relay = ObservedRelay(ctx, native.StreamDecoder(target.model), _error_event)
@@ -91,7 +88,7 @@ async def _messages(ctx: RequestContext, send: Send, scope: Scope) -> None:
     ctx.body_dirty = True
     if not ctx.stream:
         completion = await complete_chat(ctx)
-        await _send_json(send, orjson.dumps(inbound.from_chat(completion, model)))
+        await send_json(send, 200, orjson.dumps(inbound.from_chat(completion, model)))
         return
     up = await send_chat(ctx)
     stream = inbound.EventStream(model, "msg_" + os.urandom(12).hex())
@@ -122,8 +119,3 @@ def _error_event(error: dict[str, Any]) -> bytes:
     body = {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "upstream error")}}
     return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
 
-
-async def _send_json(send: Send, data: bytes) -> None:
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
-    await send({"type": "http.response.body", "body": data})

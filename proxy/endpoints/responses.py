@@ -14,15 +14,14 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from proxy.context import SCOPE_KEY, RequestContext, Usage
-from proxy.dispatch import complete_chat, forward_body, send_chat, send_native
-from proxy.endpoints.chat import run_plugins_around
+from proxy.dispatch import complete_chat, forward_body, send_chat, send_native, with_plugins
+from proxy.errors import send_json
 from proxy.inbound import responses as inbound
 from proxy.sse import SSEDecoder
 from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, relay_stream
 
 __all__ = ["ResponsesObserver", "responses", "usage_from_responses"]
 
-_JSON = (b"content-type", b"application/json")
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
@@ -36,7 +35,7 @@ def usage_from_responses(u: Any) -> Usage | None:
 
 
 async def responses(scope: Scope, receive: Receive, send: Send) -> None:
-    await run_plugins_around(scope["state"][SCOPE_KEY], _responses, send)
+    await with_plugins(scope["state"][SCOPE_KEY], _responses, send)
 
 
 async def _responses(ctx: RequestContext, send: Send) -> None:
@@ -52,7 +51,7 @@ async def _responses(ctx: RequestContext, send: Send) -> None:
             except orjson.JSONDecodeError:
                 obj = {}
             ctx.usage = usage_from_responses(obj.get("usage") if isinstance(obj, dict) else None)
-            await _send_json(send, up.data)
+            await send_json(send, 200, up.data)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
         stream = inbound.EventStream(request, model)
@@ -64,7 +63,7 @@ async def _responses(ctx: RequestContext, send: Send) -> None:
     ctx.body_dirty = True
     if not ctx.stream:
         completion = await complete_chat(ctx)
-        await _send_json(send, orjson.dumps(inbound.from_chat(completion, request)))
+        await send_json(send, 200, orjson.dumps(inbound.from_chat(completion, request)))
         return
     up = await send_chat(ctx)
     stream = inbound.EventStream(request, model)
@@ -131,8 +130,3 @@ class ResponsesObserver:
                               "code": (err or {}).get("code")}
         return out
 
-
-async def _send_json(send: Send, data: bytes) -> None:
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [_JSON, (b"content-length", b"%d" % len(data))]})
-    await send({"type": "http.response.body", "body": data})
