@@ -1,19 +1,26 @@
-"""Resolves the (alias-resolved) model name to the concrete targets that can serve it.
+"""Resolves the requested name to a concrete model, then to the targets that can serve it.
 
-A name is served by every enabled provider that lists it, in config order; ``provider/model``
-pins one provider and passes any model name through to it (for self-hosted servers whose
-models are not listed). Model groups (heuristic, classifier, groups of groups) resolve here
-too once they exist: a group resolves to a concrete model first, then to targets.
+A model group (``dispatcher``, ``fast-flow``) is resolved fully first — heuristic rules,
+conditions or a classifier, recursing through groups of groups — and the chain of steps,
+each with its reason, goes to the request log and the ``x-llm-proxy-route`` header. A
+concrete name is served by every enabled provider that lists it, in config order;
+``provider/model`` pins one provider and passes any model name through.
 """
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from proxy.asgi import header
 from proxy.context import RequestContext, Target, get_context
 from proxy.errors import ProxyError, not_found_model
+from proxy.groups import facts_from
+from proxy.telemetry import finish_request, price
 
-__all__ = ["GroupRoutingMiddleware", "resolve_targets"]
+__all__ = ["GroupRoutingMiddleware", "classify_via_gateway", "resolve_targets"]
 
 
 def resolve_targets(ctx: RequestContext, model: str) -> list[Target]:
@@ -36,12 +43,67 @@ def resolve_targets(ctx: RequestContext, model: str) -> list[Target]:
     return enabled
 
 
+async def classify_via_gateway(ctx: RequestContext, model: str, prompt: str) -> str:
+    """Ask ``model`` through the gateway's own dispatch, so any provider can classify.
+
+    The call is a request of its own: one request-log row (endpoint ``classifier``) with
+    its tokens and cost, sharing the client's request id as a prefix.
+    """
+    from proxy.dispatch import complete_chat  # the dispatch step sits below the chain
+
+    sub = RequestContext(ctx.request_id + ".classifier", ctx.runtime, "classifier")
+    sub.client = ctx.client
+    sub.body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0}
+    sub.body_dirty = True
+    sub.requested_model = sub.model = model
+    try:
+        sub.candidates = resolve_targets(sub, model)
+        completion = await complete_chat(sub)
+        sub.status = 200
+        choices = completion.get("choices") or [{}]
+        return str((choices[0].get("message") or {}).get("content") or "")
+    except ProxyError as exc:
+        sub.fail(exc.status, exc.type, exc.message)
+        raise
+    except BaseException:
+        sub.fail(499, "cancelled", "classifier call cancelled or failed")
+        raise
+    finally:
+        sub.finished_at = time.perf_counter()
+        sub.cost = price(sub)
+        finish_request(sub)
+
+
 class GroupRoutingMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = get_context(scope)
-        if ctx is not None and ctx.model is not None:
-            ctx.candidates = resolve_targets(ctx, ctx.model)
-        await self.app(scope, receive, send)
+        if ctx is None or ctx.model is None:
+            await self.app(scope, receive, send)
+            return
+        runtime = ctx.runtime
+        if runtime.groups.is_group(ctx.model):
+            ctx.group = ctx.model
+            facts = facts_from(ctx.body or {}, header(scope, b"x-llm-proxy-tags"))
+            model, steps = await runtime.groups.resolve(
+                ctx.model, facts, lambda selector, prompt: classify_via_gateway(ctx, selector, prompt)
+            )
+            ctx.route.extend(steps)
+            while model in runtime.aliases:  # a group may name an alias
+                ctx.route.append(f"alias {model} -> {runtime.aliases[model]}")
+                model = runtime.aliases[model]
+            ctx.model = model
+        ctx.candidates = resolve_targets(ctx, ctx.model)
+        if not ctx.route:
+            await self.app(scope, receive, send)
+            return
+        route = "; ".join(ctx.route).encode("latin-1", "replace")
+
+        async def send_with_route(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-llm-proxy-route", route)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_route)

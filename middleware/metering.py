@@ -13,16 +13,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import RequestContext, get_context
+from proxy.context import get_context
+from proxy.telemetry import price
 
-__all__ = ["MeteringMiddleware", "price"]
-
-
-def price(ctx: RequestContext) -> float | None:
-    if ctx.usage is None or ctx.target is None:
-        return None
-    provider = ctx.runtime.providers[ctx.target.provider]
-    return ctx.runtime.catalog.cost(ctx.target.model, provider.catalog_id, ctx.usage)
+__all__ = ["MeteringMiddleware"]
 
 
 class MeteringMiddleware:

@@ -26,10 +26,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatabaseConfig",
+    "GroupConfig",
     "ImagesConfig",
     "PriceConfig",
     "ProviderConfig",
     "RequestLogConfig",
+    "RuleConfig",
     "ServerConfig",
     "TimeoutConfig",
     "ENV_PREFIX",
@@ -122,6 +124,31 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """A heuristic group's rule: a pattern in the last user message and/or conditions."""
+
+    target: str
+    pattern: str | None = None
+    case_sensitive: bool = False
+    when: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """A model group: a name clients send, resolved to a concrete model per request."""
+
+    targets: tuple[str, ...]
+    strategy: Literal["heuristic", "classifier"] = "heuristic"
+    selector_model: str | None = None
+    complexity_threshold: int = 10
+    rules: tuple[RuleConfig, ...] = ()
+    logic_level: int | None = None
+    primary_use: str | None = None
+    classifier_timeout: float = 3.0
+    cache_ttl: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class ImagesConfig:
     """Fetching remote image URLs for providers that need the bytes inline (Gemini, Ollama)."""
 
@@ -140,6 +167,7 @@ class Config:
     images: ImagesConfig = ImagesConfig()
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
     plugins: tuple[dict[str, Any], ...] = ()
     # which env vars were referenced but unset, by dotted path (e.g. providers.openai.api_key)
     missing_env: dict[str, str] = field(default_factory=dict)
@@ -176,6 +204,8 @@ def parse_config(
     # value checks and plugin specs run even after type errors, so one run reports everything
     _check_references(config, errors)
     _check_plugins(_plain(tree.get("plugins")), errors)
+    if isinstance(config, Config) and config.groups:
+        _check_groups(config, errors)
     if errors:
         raise ConfigError(errors, source)
     return dataclasses.replace(config, missing_env=missing)
@@ -437,3 +467,19 @@ def _check_plugins(specs: Any, errors: list[str]) -> None:
 
     reported = _error_paths(errors)
     errors.extend(e for e in validate_specs(specs) if e.split(":", 1)[0] not in reported)
+
+
+def _check_groups(config: Config, errors: list[str]) -> None:
+    """Group targets, rules, cycles and depth — at load, never at request time."""
+    from proxy.groups import validate_groups  # the group engine validates its own shapes
+
+    known = {m for p in config.providers.values() if isinstance(p, ProviderConfig) for m in p.models}
+    known |= set(config.aliases)
+    for group in config.groups.values():
+        for target in getattr(group, "targets", ()) or ():
+            provider, sep, rest = str(target).partition("/")
+            if sep and rest and provider in config.providers:
+                known.add(target)  # provider/model passes any model name through
+    groups = {name: g for name, g in config.groups.items() if isinstance(g, GroupConfig)}
+    reported = _error_paths(errors)
+    errors.extend(e for e in validate_groups(groups, known) if e.split(":", 1)[0] not in reported)

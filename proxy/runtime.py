@@ -24,6 +24,7 @@ from proxy.catalog import Catalog
 from proxy.config import Config, ConfigError, ProviderConfig, load_config
 from proxy.context import Target
 from proxy.errors import ProxyError
+from proxy.groups import GroupResolver
 from proxy.keys import KeyLookup, StaticKeys
 from proxy.providers import translator
 from proxy.remote_images import ImageFetcher
@@ -153,6 +154,7 @@ class Runtime:
     started: bool = False
     closed: bool = False
     image_fetcher: Any = None  # remote image URLs → inline bytes, for providers that need them
+    groups: GroupResolver = field(default_factory=lambda: GroupResolver({}))
     known_labels: frozenset[str] = field(default_factory=frozenset)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
@@ -192,7 +194,8 @@ class Runtime:
                 flush_interval=config.request_log.flush_ms / 1000.0,
             ),
             max_body_bytes=int(config.server.max_body_mb * 1024 * 1024),
-            known_labels=frozenset(models) | frozenset(config.aliases),
+            known_labels=frozenset(models) | frozenset(config.aliases) | frozenset(config.groups),
+            groups=GroupResolver(config.groups),
         )
 
     async def start(self) -> None:

@@ -13,7 +13,7 @@ import orjson
 from proxy import metrics
 from proxy.context import RequestContext
 
-__all__ = ["finish_request", "model_label", "redact"]
+__all__ = ["finish_request", "model_label", "price", "redact"]
 
 # Upstreams sometimes echo (part of) a key in an error message; never let one reach the log.
 _SECRET = re.compile(r"(sk-|key-|Bearer\s+)[A-Za-z0-9_\-\.]{6,}")
@@ -23,6 +23,14 @@ def redact(text: str | None) -> str | None:
     if not text:
         return text
     return _SECRET.sub(lambda m: m.group(1) + "***", text)[:500]
+
+
+def price(ctx: RequestContext) -> float | None:
+    """The request's cost at the serving provider's (or the model creator's) catalog price."""
+    if ctx.usage is None or ctx.target is None:
+        return None
+    provider = ctx.runtime.providers[ctx.target.provider]
+    return ctx.runtime.catalog.cost(ctx.target.model, provider.catalog_id, ctx.usage)
 
 
 def model_label(ctx: RequestContext) -> str:

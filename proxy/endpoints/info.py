@@ -36,6 +36,13 @@ async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
             seen.add(alias)
             owner = next(d["owned_by"] for d in data if d["id"] == final)
             data.append({"id": alias, "object": "model", "created": _CREATED, "owned_by": owner})
+    for name, group in runtime.config.groups.items():  # groups are models a client can name
+        entry: dict[str, object] = {"id": name, "object": "model", "created": _CREATED, "owned_by": "llm-proxy"}
+        if group.logic_level is not None:
+            entry["logic_level"] = group.logic_level
+        if group.primary_use:
+            entry["primary_use"] = group.primary_use
+        data.append(entry)
     ctx.status = 200
     await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
 
