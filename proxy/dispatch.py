@@ -20,6 +20,7 @@ import orjson
 
 from proxy import metrics
 from proxy.context import RequestContext
+from proxy.errors import ProxyError
 from proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response, upstream_error
 from proxy.runtime import ProviderRuntime
 from proxy.upstream import open_upstream, transport_error
@@ -135,10 +136,14 @@ async def complete_chat(ctx: RequestContext) -> dict[str, Any]:
     """A non-streaming chat completion as a dict, whatever the provider's format."""
     up = await send_chat(ctx)
     if up.native is None:
-        ctx.usage, ctx.finish_reason, _ = parse_chat_response(up.data)
-        result = orjson.loads(up.data)
+        try:
+            result = orjson.loads(up.data)
+        except orjson.JSONDecodeError:
+            result = None
         if not isinstance(result, dict):
-            raise TypeError("upstream chat completion is not a JSON object")
+            raise ProxyError(502, f"Provider '{up.provider.name}' sent a chat completion that is not a JSON object.",
+                             type="upstream_error", code="bad_upstream_response")
+        ctx.usage, ctx.finish_reason, _ = parse_chat_response(result)
         return result
     translated = up.native.parse_response(up.data, ctx.target.model if ctx.target else "")
     ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason

@@ -62,12 +62,16 @@ def usage_from(u: Any) -> Usage | None:
     )
 
 
-def parse_chat_response(data: bytes) -> tuple[Usage | None, str | None, str | None]:
-    """(usage, finish_reason, response model) from a non-streaming chat completion."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None, None, None
+def parse_chat_response(data: bytes | dict[str, Any]) -> tuple[Usage | None, str | None, str | None]:
+    """(usage, finish_reason, response model) from a non-streaming chat completion
+    (its bytes, or the dict when the caller needs it parsed anyway)."""
+    if isinstance(data, dict):
+        obj: Any = data
+    else:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None, None, None
     if not isinstance(obj, dict):
         return None, None, None
     finish = None
