@@ -25,7 +25,7 @@ from proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response,
 from proxy.runtime import ProviderRuntime
 from proxy.upstream import open_upstream, transport_error
 
-__all__ = ["Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
+__all__ = ["FAILOVER_STATUSES", "Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -67,11 +67,45 @@ def forward_body(ctx: RequestContext) -> bytes:
     return orjson.dumps(body) if ctx.body_dirty else ctx.raw_body
 
 
+# Failures another deployment of the same model may not share: before the first byte
+# reaches the client, the next candidate is tried. A 400 is the client's and is returned.
+FAILOVER_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504, 529})
+
+
 async def send_chat(ctx: RequestContext) -> Upstream:
-    runtime = ctx.runtime
-    ctx.target = target = ctx.candidates[0]
-    provider = runtime.providers[target.provider]
+    """Send to the first candidate; on a failover-worthy failure, to the next, in order.
+
+    Before-plugins run once, for the first candidate. Each attempt is recorded for the
+    request log when there is more than one candidate."""
+    candidates = ctx.candidates
+    ctx.target = candidates[0]
     await run_before(ctx)
+    if len(candidates) == 1:
+        return await _send_to(ctx, candidates[0])
+    attempts: list[dict[str, Any]] = ctx.metadata.setdefault("attempts", [])
+    for i, target in enumerate(candidates):
+        ctx.target = target
+        started = time.perf_counter()
+        try:
+            up = await _send_to(ctx, target)
+        except ProxyError as exc:
+            attempts.append(_attempt(target, exc.status, started, exc.code or exc.type))
+            if i == len(candidates) - 1 or exc.status not in FAILOVER_STATUSES:
+                raise
+            continue
+        attempts.append(_attempt(target, up.response.status_code, started, None))
+        return up
+    raise AssertionError("unreachable: the last candidate raises or returns")
+
+
+def _attempt(target: Any, status: int, started: float, error: str | None) -> dict[str, Any]:
+    return {"provider": target.provider, "model": target.model, "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 2), "error": error}
+
+
+async def _send_to(ctx: RequestContext, target: Any) -> Upstream:
+    runtime = ctx.runtime
+    provider = runtime.providers[target.provider]
     native = provider.translator
     if native is None:
         path, body, extra = CHAT_PATH, forward_body(ctx), None

@@ -51,6 +51,7 @@ LOG_COLUMNS: dict[str, type] = {
     "upstream_request_id": str,
     "finish_reason": str,
     "route": str,
+    "attempts": str,
 }
 
 _INSERT = (
@@ -69,7 +70,12 @@ def open_database(path: str | Path) -> sqlite_utils.Database:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
     table = db.table("request_logs")
-    if not table.exists():
+    if table.exists():  # a database from an older version: add the columns it lacks
+        present = table.columns_dict
+        for name, kind in LOG_COLUMNS.items():
+            if name not in present:
+                table.add_column(name, kind)
+    else:
         table.create({"id": int, **LOG_COLUMNS}, pk="id")
         # Every index is paid on every insert: only what lookups need today (by time, by id).
         table.create_index(["ts"])

@@ -91,4 +91,5 @@ def finish_request(ctx: RequestContext) -> None:
         ctx.upstream_request_id,
         ctx.finish_reason,
         orjson.dumps(ctx.route).decode() if ctx.route else None,
+        orjson.dumps(ctx.metadata["attempts"]).decode() if "attempts" in ctx.metadata else None,
     ))
