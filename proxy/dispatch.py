@@ -77,25 +77,65 @@ async def send_chat(ctx: RequestContext) -> Upstream:
 
     Before-plugins run once, for the first candidate. Each attempt is recorded for the
     request log when there is more than one candidate."""
+    breakers = ctx.runtime.breakers
     candidates = ctx.candidates
     ctx.target = candidates[0]
     await run_before(ctx)
-    if len(candidates) == 1:
-        return await _send_to(ctx, candidates[0])
-    attempts: list[dict[str, Any]] = ctx.metadata.setdefault("attempts", [])
-    for i, target in enumerate(candidates):
-        ctx.target = target
-        started = time.perf_counter()
+    if len(candidates) == 1:  # nothing to fail over to: the breaker only watches
+        breaker = breakers.get(candidates[0].provider, candidates[0].model)
         try:
-            up = await _send_to(ctx, target)
+            up = await _send_to(ctx, candidates[0])
         except ProxyError as exc:
-            attempts.append(_attempt(target, exc.status, started, exc.code or exc.type))
-            if i == len(candidates) - 1 or exc.status not in FAILOVER_STATUSES:
-                raise
-            continue
-        attempts.append(_attempt(target, up.response.status_code, started, None))
+            breaker.record(exc.status)
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.record(up.response.status_code)
         return up
-    raise AssertionError("unreachable: the last candidate raises or returns")
+    # Deployments whose breaker lets a request through are tried in order (asking only right
+    # before trying, so a half-open probe is a real one); open ones after, soonest to reopen
+    # first, so a request is never failed blind while something may still work.
+    attempts: list[dict[str, Any]] = ctx.metadata.setdefault("attempts", [])
+    deferred: list[tuple[Any, Any]] = []
+    failure: ProxyError | None = None
+    for target in candidates:
+        breaker = breakers.get(target.provider, target.model)
+        if not breaker.allow():
+            deferred.append((target, breaker))
+            continue
+        up, failure = await _attempt_one(ctx, target, breaker, attempts)
+        if up is not None:
+            return up
+    for target, breaker in sorted(deferred, key=lambda item: item[1].retry_at):
+        up, failure = await _attempt_one(ctx, target, breaker, attempts)
+        if up is not None:
+            return up
+    assert failure is not None
+    raise failure
+
+
+async def _attempt_one(
+    ctx: RequestContext, target: Any, breaker: Any, attempts: list[dict[str, Any]]
+) -> tuple[Upstream | None, ProxyError | None]:
+    """One deployment: its answer, or the failure when another deployment may do better
+    (anything else is raised at once)."""
+    ctx.target = target
+    started = time.perf_counter()
+    try:
+        up = await _send_to(ctx, target)
+    except ProxyError as exc:
+        breaker.record(exc.status)
+        attempts.append(_attempt(target, exc.status, started, exc.code or exc.type))
+        if exc.status not in FAILOVER_STATUSES:
+            raise
+        return None, exc
+    except BaseException:  # cancelled (client gone) or a bug: no verdict on the deployment
+        breaker.release()
+        raise
+    breaker.record(up.response.status_code)
+    attempts.append(_attempt(target, up.response.status_code, started, None))
+    return up, None
 
 
 def _attempt(target: Any, status: int, started: float, error: str | None) -> dict[str, Any]:

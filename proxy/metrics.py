@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 __all__ = [
+    "BREAKER_STATE",
     "IN_FLIGHT",
     "LOG_DROPPED",
     "LOG_QUEUE_DEPTH",
@@ -40,6 +41,9 @@ UPSTREAM_ERRORS = Counter(
 IN_FLIGHT = Gauge("llm_proxy_requests_in_flight", "Requests being handled right now.")
 LOG_QUEUE_DEPTH = Gauge("llm_proxy_log_queue_depth", "Request-log rows waiting to be written.")
 LOG_DROPPED = Counter("llm_proxy_log_dropped", "Request-log rows dropped because the queue was full.")
+BREAKER_STATE = Gauge(
+    "llm_proxy_breaker_state", "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open.", ["provider", "model"]
+)
 
 _TOKEN_TYPES = ("prompt", "completion", "reasoning", "cached")
 

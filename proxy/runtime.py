@@ -20,6 +20,7 @@ import httpx
 
 from plugins import PluginChain, validate_specs
 from proxy import __version__
+from proxy.breaker import Breakers
 from proxy.catalog import Catalog
 from proxy.config import Config, ConfigError, ProviderConfig, load_config
 from proxy.context import Target
@@ -155,6 +156,7 @@ class Runtime:
     closed: bool = False
     image_fetcher: Any = None  # remote image URLs → inline bytes, for providers that need them
     groups: GroupResolver = field(default_factory=lambda: GroupResolver({}))
+    breakers: Breakers = field(default_factory=Breakers)
     known_labels: frozenset[str] = field(default_factory=frozenset)
     _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 

@@ -53,6 +53,10 @@ def health(holder: RuntimeHolder):
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         runtime = holder.current
         providers = {name: p.status() for name, p in runtime.providers.items()}
+        for name, info in providers.items():
+            open_breakers = runtime.breakers.states(name)
+            if open_breakers:
+                info["breakers"] = open_breakers
         ready = runtime.started and any(p.enabled for p in runtime.providers.values())
         body = {
             "status": "ok" if ready else "unavailable",
