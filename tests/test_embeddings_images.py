@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
-from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config
+from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config, read_body, serve_asgi
 
 UPSTREAM_KEY = "sk-upstream-secret-abcdef"
 GEMINI_KEY = "gemini-upstream-secret"
@@ -80,12 +77,7 @@ class FakeUpstream:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         body = json.loads(raw)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.requests.append({"path": scope["path"], "query": scope["query_string"].decode(),
@@ -100,16 +92,8 @@ class FakeUpstream:
 @pytest.fixture(scope="module")
 def fake() -> Iterator[tuple[FakeUpstream, str]]:
     app = FakeUpstream()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(5)
+    with serve_asgi(app) as url:
+        yield app, url
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config
+from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config, read_body, serve_asgi
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
@@ -66,12 +63,7 @@ class FixtureUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         body = json.loads(raw)
         self.requests.append(body)
         data = self.files.get(body.get("model"))
@@ -99,19 +91,8 @@ class FixtureUpstream:
 @pytest.fixture(scope="module")
 def fixture_upstream() -> Iterator[tuple[FixtureUpstream, str]]:
     app = FixtureUpstream(load_fixtures())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "fixture upstream did not start"
-        time.sleep(0.01)
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve_asgi(app) as url:
+        yield app, url + "/v1"
 
 
 @pytest.fixture(scope="module")

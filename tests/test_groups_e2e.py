@@ -4,16 +4,12 @@ a classifier and a heuristic to a concrete model, and says how in a header and t
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
-from conftest import CLIENT_KEY, Gateway, gateway_config
+from conftest import CLIENT_KEY, Gateway, gateway_config, read_body, serve_asgi
 
 from proxy.config import ConfigError, parse_config
 from proxy.testing.mock_upstream import MockUpstream
@@ -29,12 +25,7 @@ class Judge:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         self.prompts.append(json.loads(raw)["messages"][-1]["content"])
         body = json.dumps({
             "id": "chatcmpl-judge", "object": "chat.completion", "created": 1, "model": "judge",
@@ -48,16 +39,8 @@ class Judge:
 @pytest.fixture(scope="module")
 def judge() -> Iterator[tuple[Judge, str]]:
     app = Judge()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    server.should_exit = True
-    thread.join(5)
+    with serve_asgi(app) as url:
+        yield app, url + "/v1"
 
 
 GROUPS = {

@@ -4,16 +4,12 @@ and Ollama wire formats, answered by a replay upstream with the real fixture byt
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
-from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config
+from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config, read_body, serve_asgi
 
 ANTHROPIC_KEY = "sk-ant-upstream-secret"
 GEMINI_KEY = "gemini-upstream-secret"
@@ -50,12 +46,7 @@ class NativeUpstream:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         if scope["method"] == "GET" and scope["path"] == "/api/tags":
             tags = b'{"models": [{"name": "qwen3:8b", "model": "qwen3:8b"}, {"name": "llama3.2:latest"}]}'
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
@@ -76,16 +67,8 @@ class NativeUpstream:
 @pytest.fixture(scope="module")
 def native() -> Iterator[tuple[NativeUpstream, str]]:
     app = NativeUpstream()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(5)
+    with serve_asgi(app) as url:
+        yield app, url
 
 
 @pytest.fixture

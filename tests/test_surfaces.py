@@ -8,17 +8,13 @@ and what it received must be the client's own request.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import openai
 import pytest
-import uvicorn
-from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config
+from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config, read_body, serve_asgi
 
 from proxy.testing.mock_upstream import MockUpstream
 
@@ -33,12 +29,7 @@ class Replay:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         body = json.loads(raw)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.requests.append({"path": scope["path"], "headers": headers, "body": body, "raw": raw})
@@ -58,16 +49,8 @@ class Replay:
 @pytest.fixture(scope="module")
 def replay() -> Iterator[tuple[Replay, str]]:
     app = Replay()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(5)
+    with serve_asgi(app) as url:
+        yield app, url
 
 
 @pytest.fixture
