@@ -36,6 +36,7 @@ __all__ = [
     "OpenAIChunkEncoder",
     "ObservedRelay",
     "PassthroughRelay",
+    "SurfaceEncoder",
     "relay_stream",
 ]
 
@@ -167,6 +168,21 @@ class OpenAIChunkEncoder:
 
     def error(self, error: dict[str, Any]) -> bytes:
         return _openai_error_event(error)
+
+
+class SurfaceEncoder:
+    """A client surface's event stream (Anthropic Messages, Responses) as a relay encoder;
+    ``error`` renders a mid-stream failure in that surface's own shape."""
+
+    def __init__(self, stream: Any, error: Any) -> None:
+        self._stream = stream
+        self.error = error
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        return self._stream.feed(chunk)
+
+    def finish(self, usage: Usage | None) -> bytes:
+        return self._stream.finish(usage)
 
 
 class ChunkRelay:

@@ -20,7 +20,7 @@ from proxy.context import SCOPE_KEY, RequestContext
 from proxy.dispatch import complete_chat, send_chat, send_native, with_plugins
 from proxy.errors import send_json
 from proxy.inbound import anthropic_messages as inbound
-from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, relay_stream
+from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, SurfaceEncoder, relay_stream
 
 __all__ = ["count_tokens", "messages"]
 
@@ -95,23 +95,9 @@ async def _messages(ctx: RequestContext, send: Send, scope: Scope) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
     await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
     decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(target.model)
-    await relay_stream(ctx, up.provider, up.response, send, up.deadline, ChunkRelay(ctx, decoder, _Encoder(stream)))
+    relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, _error_event))
+    await relay_stream(ctx, up.provider, up.response, send, up.deadline, relay)
 
-
-class _Encoder:
-    """The Anthropic event stream behind the relay's encoder interface."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        return self._stream.feed(chunk)
-
-    def finish(self, usage: Any) -> bytes:
-        return self._stream.finish(usage)
-
-    def error(self, error: dict[str, Any]) -> bytes:
-        return _error_event(error)
 
 
 def _error_event(error: dict[str, Any]) -> bytes:

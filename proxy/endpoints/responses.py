@@ -18,7 +18,7 @@ from proxy.dispatch import complete_chat, forward_body, send_chat, send_native, 
 from proxy.errors import send_json
 from proxy.inbound import responses as inbound
 from proxy.sse import SSEDecoder
-from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, relay_stream
+from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, SurfaceEncoder, relay_stream
 
 __all__ = ["ResponsesObserver", "responses", "usage_from_responses"]
 
@@ -70,23 +70,9 @@ async def _responses(ctx: RequestContext, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
     await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
     decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(target.model)
-    await relay_stream(ctx, up.provider, up.response, send, up.deadline, ChunkRelay(ctx, decoder, _Encoder(stream)))
+    relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, lambda error: _failed(stream, error)))
+    await relay_stream(ctx, up.provider, up.response, send, up.deadline, relay)
 
-
-class _Encoder:
-    """The Responses event stream behind the relay's encoder interface."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        return self._stream.feed(chunk)
-
-    def finish(self, usage: Usage | None) -> bytes:
-        return self._stream.finish(usage)
-
-    def error(self, error: dict[str, Any]) -> bytes:
-        return _failed(self._stream, error)
 
 
 def _failed(stream: Any, error: dict[str, Any]) -> bytes:
