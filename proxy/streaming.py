@@ -32,15 +32,18 @@ from proxy.upstream import transport_error
 
 __all__ = [
     "ChunkRelay",
+    "JsonEventDecoder",
     "OpenAIChunkDecoder",
     "OpenAIChunkEncoder",
     "ObservedRelay",
     "PassthroughRelay",
     "SurfaceEncoder",
     "relay_stream",
+    "relay_surface",
 ]
 
 _DONE = b"data: [DONE]\n\n"
+_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
 class Relay(Protocol):
@@ -113,8 +116,9 @@ class PassthroughRelay:
             out.append(b"data: " + data + b"\n\n" if b"\n" not in data else encode_event(data))
 
 
-class OpenAIChunkDecoder:
-    """OpenAI-compatible SSE → chunk dicts, for clients that speak another format."""
+class JsonEventDecoder:
+    """SSE events whose ``data`` is a JSON object, read once each; subclasses say what an
+    object means (``_take``) and keep ``usage``, ``finish_reason`` and ``error``."""
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
@@ -129,7 +133,7 @@ class OpenAIChunkDecoder:
         return self._decode(self._sse.flush())
 
     def _decode(self, events: list[Any]) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for event in events:
             if event.data == b"[DONE]" or self.error is not None:
                 continue
@@ -137,19 +141,30 @@ class OpenAIChunkDecoder:
                 obj = orjson.loads(event.data)
             except orjson.JSONDecodeError:
                 continue
-            if not isinstance(obj, dict):
-                continue
-            if obj.get("error") is not None:
-                err = obj["error"]
-                self.error = err if isinstance(err, dict) else {"message": str(err), "type": "api_error"}
-                continue
-            if obj.get("usage"):
-                self.usage = usage_from(obj["usage"])
-            for choice in obj.get("choices") or ():
-                if choice.get("finish_reason"):
-                    self.finish_reason = choice["finish_reason"]
-            out.append(obj)
+            if isinstance(obj, dict):
+                taken = self._take(obj)
+                if taken is not None:
+                    out.append(taken)
         return out
+
+    def _take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class OpenAIChunkDecoder(JsonEventDecoder):
+    """OpenAI-compatible SSE → chunk dicts, for clients that speak another format."""
+
+    def _take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        if obj.get("error") is not None:
+            err = obj["error"]
+            self.error = err if isinstance(err, dict) else {"message": str(err), "type": "api_error"}
+            return None
+        if obj.get("usage"):
+            self.usage = usage_from(obj["usage"])
+        for choice in obj.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return obj
 
 
 class OpenAIChunkEncoder:
@@ -185,14 +200,12 @@ class SurfaceEncoder:
         return self._stream.finish(usage)
 
 
-class ChunkRelay:
-    """Upstream bytes → (decoder) OpenAI chunk dicts → (encoder) the client's events."""
+class _DecodedRelay:
+    """Relay state read from a decoder, and output counted for time to first token."""
 
-    def __init__(self, ctx: RequestContext, decoder: Any, encoder: Any) -> None:
+    def __init__(self, ctx: RequestContext, decoder: Any) -> None:
         self._ctx = ctx
         self._decoder = decoder
-        self._encoder = encoder
-        self._error_sent = False
         self.output_events = 0
 
     usage = property(lambda self: self._decoder.usage)
@@ -202,6 +215,21 @@ class ChunkRelay:
     @property
     def complete(self) -> bool:
         return self._decoder.finish_reason is not None
+
+    def _count(self, chunk: dict[str, Any]) -> None:
+        if any(_has_output(c.get("delta") or {}) for c in chunk.get("choices") or ()):
+            self.output_events += 1
+            if self._ctx.first_token_at is None:
+                self._ctx.first_token_at = time.perf_counter()
+
+
+class ChunkRelay(_DecodedRelay):
+    """Upstream bytes → (decoder) OpenAI chunk dicts → (encoder) the client's events."""
+
+    def __init__(self, ctx: RequestContext, decoder: Any, encoder: Any) -> None:
+        super().__init__(ctx, decoder)
+        self._encoder = encoder
+        self._error_sent = False
 
     def feed(self, chunk: bytes) -> bytes:
         return self._encode(self._decoder.feed(chunk))
@@ -218,10 +246,7 @@ class ChunkRelay:
     def _encode(self, chunks: list[dict[str, Any]]) -> bytes:
         out: list[bytes] = []
         for chunk in chunks:
-            if any(_has_output(c.get("delta") or {}) for c in chunk.get("choices") or ()):
-                self.output_events += 1
-                if self._ctx.first_token_at is None:
-                    self._ctx.first_token_at = time.perf_counter()
+            self._count(chunk)
             out.append(self._encoder.feed(chunk))
         error = self._decoder.error
         if error is not None and not self._error_sent:
@@ -230,45 +255,41 @@ class ChunkRelay:
         return b"".join(out)
 
 
-class ObservedRelay:
+class ObservedRelay(_DecodedRelay):
     """The upstream already speaks the client's format (Anthropic → /v1/messages, OpenAI →
     /v1/responses): its bytes go through untouched, and a decoder reads them for metering."""
 
     def __init__(self, ctx: RequestContext, decoder: Any, failure: Any) -> None:
-        self._ctx = ctx
-        self._decoder = decoder
+        super().__init__(ctx, decoder)
         self._failure = failure
-        self.output_events = 0
-
-    usage = property(lambda self: self._decoder.usage)
-    finish_reason = property(lambda self: self._decoder.finish_reason)
-    error = property(lambda self: self._decoder.error)
-
-    @property
-    def complete(self) -> bool:
-        return self._decoder.finish_reason is not None
 
     def feed(self, chunk: bytes) -> bytes:
-        self._count(self._decoder.feed(chunk))
+        for decoded in self._decoder.feed(chunk):
+            self._count(decoded)
         return chunk
 
     def finish(self) -> bytes:
-        self._count(self._decoder.finish())
+        for decoded in self._decoder.finish():
+            self._count(decoded)
         return b""
 
     def failure(self, error: dict[str, Any]) -> bytes:
         return self._failure(error)
 
-    def _count(self, chunks: list[dict[str, Any]]) -> None:
-        for chunk in chunks:
-            if any(_has_output(c.get("delta") or {}) for c in chunk.get("choices") or ()):
-                self.output_events += 1
-                if self._ctx.first_token_at is None:
-                    self._ctx.first_token_at = time.perf_counter()
-
 
 def _has_output(delta: dict[str, Any]) -> bool:
     return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
+
+
+async def relay_surface(ctx: RequestContext, up: Any, send: Send, stream: Any, on_error: Any) -> None:
+    """Stream a chat answer to a client surface (Anthropic Messages, Responses): its opening
+    events, then every upstream chunk decoded to chat and re-encoded by ``stream``."""
+    await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
+    await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
+    model = ctx.target.model if ctx.target is not None else ""
+    decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(model)
+    relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, on_error))
+    await relay_stream(ctx, up.provider, up.response, send, up.deadline, relay)
 
 
 async def relay_stream(

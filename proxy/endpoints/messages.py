@@ -17,10 +17,10 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.asgi import header
 from proxy.context import SCOPE_KEY, RequestContext
-from proxy.dispatch import complete_chat, send_chat, send_native, with_plugins
+from proxy.dispatch import complete_chat, forward_body, send_chat, send_native, with_plugins
 from proxy.errors import send_json
 from proxy.inbound import anthropic_messages as inbound
-from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, SurfaceEncoder, relay_stream
+from proxy.streaming import ObservedRelay, relay_stream, relay_surface
 
 __all__ = ["count_tokens", "messages"]
 
@@ -38,20 +38,12 @@ async def count_tokens(scope: Scope, receive: Receive, send: Send) -> None:
     ctx.target = target = ctx.candidates[0]
     provider = ctx.runtime.providers[target.provider]
     if provider.config.type == "anthropic":
-        up = await send_native(ctx, provider, "/v1/messages/count_tokens", _native_body(ctx), _headers(scope, provider))
+        up = await send_native(ctx, provider, "/v1/messages/count_tokens", forward_body(ctx), _headers(scope, provider))
         data = up.data
     else:  # no tokenizer for other vendors here: an estimate, and said so in a header
         data = orjson.dumps({"input_tokens": inbound.count_tokens(ctx.body or {})})
     await send_json(send, 200, data)
 
-
-def _native_body(ctx: RequestContext) -> bytes:
-    body = ctx.body
-    assert body is not None and ctx.target is not None
-    if body.get("model") != ctx.target.model:
-        body["model"] = ctx.target.model
-        return orjson.dumps(body)
-    return ctx.raw_body
 
 
 def _headers(scope: Scope, provider: Any) -> dict[str, str]:
@@ -70,7 +62,7 @@ async def _messages(ctx: RequestContext, send: Send, scope: Scope) -> None:
     provider = ctx.runtime.providers[target.provider]
     model = ctx.requested_model or target.model
     if provider.config.type == "anthropic":
-        up = await send_native(ctx, provider, "/v1/messages", _native_body(ctx), _headers(scope, provider))
+        up = await send_native(ctx, provider, "/v1/messages", forward_body(ctx), _headers(scope, provider))
         native = provider.translator
         assert native is not None
         if not ctx.stream:
@@ -92,11 +84,7 @@ async def _messages(ctx: RequestContext, send: Send, scope: Scope) -> None:
         return
     up = await send_chat(ctx)
     stream = inbound.EventStream(model, "msg_" + os.urandom(12).hex())
-    await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
-    await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
-    decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(target.model)
-    relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, _error_event))
-    await relay_stream(ctx, up.provider, up.response, send, up.deadline, relay)
+    await relay_surface(ctx, up, send, stream, _error_event)
 
 
 

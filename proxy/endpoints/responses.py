@@ -17,8 +17,7 @@ from proxy.context import SCOPE_KEY, RequestContext, Usage
 from proxy.dispatch import complete_chat, forward_body, send_chat, send_native, with_plugins
 from proxy.errors import send_json
 from proxy.inbound import responses as inbound
-from proxy.sse import SSEDecoder
-from proxy.streaming import ChunkRelay, ObservedRelay, OpenAIChunkDecoder, SurfaceEncoder, relay_stream
+from proxy.streaming import JsonEventDecoder, ObservedRelay, relay_stream, relay_surface
 
 __all__ = ["ResponsesObserver", "responses", "usage_from_responses"]
 
@@ -67,11 +66,7 @@ async def _responses(ctx: RequestContext, send: Send) -> None:
         return
     up = await send_chat(ctx)
     stream = inbound.EventStream(request, model)
-    await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
-    await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
-    decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(target.model)
-    relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, lambda error: _failed(stream, error)))
-    await relay_stream(ctx, up.provider, up.response, send, up.deadline, relay)
+    await relay_surface(ctx, up, send, stream, lambda error: _failed(stream, error))
 
 
 
@@ -79,40 +74,22 @@ def _failed(stream: Any, error: dict[str, Any]) -> bytes:
     return stream.error(str(error.get("message") or "upstream error"), str(error.get("code") or "server_error"))
 
 
-class ResponsesObserver:
+class ResponsesObserver(JsonEventDecoder):
     """Reads a Responses event stream passing through: usage from the final response,
-    and each text delta counted as output (for time to first token)."""
+    and each delta counted as output (for time to first token)."""
 
-    def __init__(self) -> None:
-        self._sse = SSEDecoder()
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: dict[str, Any] | None = None
-
-    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
-        return self._read(self._sse.feed(chunk))
-
-    def finish(self) -> list[dict[str, Any]]:
-        return self._read(self._sse.flush())
-
-    def _read(self, events: list[Any]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for event in events:
-            try:
-                obj = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            kind = obj.get("type") if isinstance(obj, dict) else None
-            if kind in ("response.output_text.delta", "response.reasoning_summary_text.delta",
-                        "response.function_call_arguments.delta"):
-                out.append({"choices": [{"delta": {"content": "x"}}]})
-            elif kind in ("response.completed", "response.incomplete"):
-                response = obj.get("response") or {}
-                self.usage = usage_from_responses(response.get("usage"))
-                self.finish_reason = "stop" if kind == "response.completed" else "length"
-            elif kind in ("response.failed", "error"):
-                err = (obj.get("response") or {}).get("error") if kind == "response.failed" else obj
-                self.error = {"message": str((err or {}).get("message") or "response failed"),
-                              "code": (err or {}).get("code")}
-        return out
+    def _take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        kind = obj.get("type")
+        if kind in ("response.output_text.delta", "response.reasoning_summary_text.delta",
+                    "response.function_call_arguments.delta"):
+            return {"choices": [{"delta": {"content": "x"}}]}
+        if kind in ("response.completed", "response.incomplete"):
+            response = obj.get("response") or {}
+            self.usage = usage_from_responses(response.get("usage"))
+            self.finish_reason = "stop" if kind == "response.completed" else "length"
+        elif kind in ("response.failed", "error"):
+            err = (obj.get("response") or {}).get("error") if kind == "response.failed" else obj
+            self.error = {"message": str((err or {}).get("message") or "response failed"),
+                          "code": (err or {}).get("code")}
+        return None
 
