@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from middleware.alias import AliasMiddleware
@@ -21,6 +21,7 @@ from middleware.metering import MeteringMiddleware
 from middleware.rate_limit import rate_limit
 from middleware.request_context import RequestContextMiddleware
 from middleware.stream_wrap import StreamWrapMiddleware
+from proxy.admin.routes import admin_app
 from proxy.config import Config
 from proxy.context import get_context
 from proxy.endpoints.chat import chat_completions
@@ -116,6 +117,7 @@ def create_app(config: str | Path | Config | None = None) -> Starlette:
         Route("/health", _Endpoint(health(holder)), methods=["GET"]),
         Route("/health/live", _Endpoint(_live), methods=["GET"]),
         Route("/metrics", _Endpoint(metrics_endpoint), methods=["GET"]),
+        Mount("/api", app=admin_app(holder)),  # the JSON admin API (proxy/admin)
     ]
     app = Starlette(
         routes=routes,

@@ -52,6 +52,8 @@ LOG_COLUMNS: dict[str, type] = {
     "finish_reason": str,
     "route": str,
     "attempts": str,
+    "group_name": str,
+    "tags": str,
 }
 
 _INSERT = (

@@ -92,4 +92,6 @@ def finish_request(ctx: RequestContext) -> None:
         ctx.finish_reason,
         orjson.dumps(ctx.route).decode() if ctx.route else None,
         orjson.dumps(ctx.metadata["attempts"]).decode() if "attempts" in ctx.metadata else None,
+        ctx.group,
+        orjson.dumps(ctx.metadata["tags"]).decode() if ctx.metadata.get("tags") else None,
     ))

@@ -1,0 +1,1 @@
+"""The JSON admin API under ``/api/``: users, clients and keys, providers, models, groups, usage."""
