@@ -169,6 +169,8 @@ class Config:
     aliases: dict[str, str] = field(default_factory=dict)
     groups: dict[str, GroupConfig] = field(default_factory=dict)
     plugins: tuple[dict[str, Any], ...] = ()
+    # encrypts provider keys stored through the admin API; set it from LLM_PROXY__ENCRYPTION_KEY
+    encryption_key: str = ""
     # which env vars were referenced but unset, by dotted path (e.g. providers.openai.api_key)
     missing_env: dict[str, str] = field(default_factory=dict)
 
