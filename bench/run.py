@@ -4,7 +4,10 @@ Uses the shared CPU-pinned harness (``../shared/bench``: nginx+Lua mock upstream
 target on core 0, load on core 1). The gateway runs as a user runs it — one uvicorn worker,
 auth on, metering, SQLite request log, metrics — from ``bench/config.yaml``.
 
-    python bench/run.py [--scenarios ns:1,ns:32,st:32] [--repeats 3] [--duration 10] [--only gateway]
+    python bench/run.py [--scenarios ns:1,ns:32,st:32] [--repeats 3] [--duration 10] [--no-routing-off]
+
+Each round runs the floor, the gateway, and the gateway with ``routing.enabled: false``
+(the resilience pipeline's cost is the ratio of the last two).
 """
 
 from __future__ import annotations
@@ -49,11 +52,28 @@ def run_round(name: str, results: Path, tmp: str, common: list[str]) -> Path:
                "--host 127.0.0.1 --port {port} --loop uvloop --http httptools --no-access-log --log-level warning")
         harness("run", "--name", name, "--url", "http://127.0.0.1:18200", "--cmd", cmd, "--out", str(out), *common)
     else:
+        routing = "false" if name.startswith("norouting") else "true"
         cmd = (f"env LLM_PROXY__DATABASE__PATH={tmp}/{name}.db LLM_PROXY__PROVIDERS__OPENAI__BASE_URL={{upstream_v1}} "
+               f"LLM_PROXY__PROVIDERS__SPARE__BASE_URL={{upstream_v1}} LLM_PROXY__ROUTING__ENABLED={routing} "
                f"{ROOT}/.venv/bin/llm-proxy serve --config {ROOT}/bench/config.yaml --host 127.0.0.1 --port {{port}}")
         harness("run", "--name", name, "--url", "http://127.0.0.1:18500", "--cmd", cmd, "--api-key", MASTER_KEY,
                 "--ready-path", "/health", "--out", str(out), *common)
     return out
+
+
+def routing_cost(pairs: list[tuple[Path, Path]]) -> str:
+    """Gateway with the resilience pipeline against the same gateway with routing off, per round."""
+    ratios: dict[str, list[float]] = {}
+    for on_path, off_path in pairs:
+        on = json.loads(on_path.read_text())["summary"]
+        off = json.loads(off_path.read_text())["summary"]
+        for name, g in on.items():
+            if name in off and not name.endswith("_c1"):
+                ratios.setdefault(name, []).append(g["rps"] / off[name]["rps"])
+    lines = ["| routing on / off | per round | median |", "|---|---|---|"]
+    for name, values in ratios.items():
+        lines.append(f"| {name} RPS ratio | {', '.join(f'{v:.3f}' for v in values)} | {statistics.median(values):.3f} |")
+    return "\n".join(lines)
 
 
 def summarize(pairs: list[tuple[Path, Path]]) -> str:
@@ -91,6 +111,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="floor/gateway alternations")
     parser.add_argument("--repeats", default="2", help="harness repeats per round")
     parser.add_argument("--duration", default="8")
+    parser.add_argument("--routing-off", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the gateway with routing.enabled=false each round (the pipeline's cost)")
     args = parser.parse_args()
     if not (HARNESS / "bench.py").exists():
         print(f"benchmark harness not found at {HARNESS} (set LLM_PROXY_BENCH_HARNESS)", file=sys.stderr)
@@ -100,11 +122,15 @@ def main() -> int:
     results.mkdir(exist_ok=True)
     common = ["--scenarios", args.scenarios, "--repeats", args.repeats, "--duration", args.duration,
               "--model", "gpt-4o-mini", "--warmup", "3"]
-    pairs = []
+    pairs, routing = [], []
     with tempfile.TemporaryDirectory(prefix="llm-proxy-bench-") as tmp:
         for i in range(1, args.rounds + 1):
-            pairs.append((run_round(f"floor-{i}", results, tmp, common), run_round(f"gateway-{i}", results, tmp, common)))
-    report = summarize(pairs)
+            floor = run_round(f"floor-{i}", results, tmp, common)
+            gateway = run_round(f"gateway-{i}", results, tmp, common)
+            pairs.append((floor, gateway))
+            if args.routing_off:
+                routing.append((gateway, run_round(f"norouting-{i}", results, tmp, common)))
+    report = summarize(pairs) + ("\n\n" + routing_cost(routing) if routing else "")
     (results / "summary.md").write_text(report + "\n")
     print(report)
     return 0

@@ -1,15 +1,19 @@
 """Authenticates API requests by client key (``Authorization: Bearer``, ``x-api-key`` or ``api-key``).
 
 With no key configured at all, the gateway is not an open proxy: it serves loopback
-clients only (and the CLI binds 127.0.0.1). Keys are looked up through the runtime's
-``KeyLookup``, never logged, and never echoed back in an error.
+clients only (and the CLI binds 127.0.0.1). Keys are looked up in memory through the
+runtime's ``KeyLookup`` (config keys, then database keys), never logged, and never echoed back in an error. A revoked or unknown key is 401
+``invalid_api_key``; an expired one is 401 ``api_key_expired``. A key's tags go to
+``ctx.metadata["tags"]``, hence to the request log.
 """
 
 from __future__ import annotations
 
+import time
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import get_context
+from proxy.context import ClientIdentity, get_context
 from proxy.errors import ProxyError
 
 __all__ = ["AuthMiddleware"]
@@ -31,6 +35,16 @@ def _presented_key(scope: Scope) -> str | None:
 def _is_loopback(scope: Scope) -> bool:
     client = scope.get("client")
     return client is None or client[0] in _LOOPBACK or client[0].startswith("127.")
+
+
+def _check_validity(identity: ClientIdentity) -> None:
+    """Refuse a database key past its expiry or a rotation's grace period."""
+    now = time.time()
+    if identity.revoked_at is not None and now >= identity.revoked_at:
+        raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
+    if identity.expires_at is not None and now >= identity.expires_at:
+        raise ProxyError(401, "This API key has expired. Ask the gateway's operator for a new one.",
+                         code="api_key_expired")
 
 
 class AuthMiddleware:
@@ -61,5 +75,10 @@ class AuthMiddleware:
             identity = keys.lookup(key)
             if identity is None:
                 raise ProxyError(401, "Incorrect API key provided.", code="invalid_api_key")
+            if identity.metered:
+                if identity.expires_at is not None or identity.revoked_at is not None:
+                    _check_validity(identity)
+                if identity.tags:
+                    ctx.metadata["tags"] = dict(identity.tags)
             ctx.client = identity
         await self.app(scope, receive, send)

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.asgi import header
 from proxy.context import RequestContext, Target, get_context
-from proxy.errors import ProxyError, not_found_model
+from proxy.errors import ProxyError
 from proxy.groups import facts_from
 from proxy.telemetry import finish_request, price
 
@@ -24,23 +24,27 @@ __all__ = ["GroupRoutingMiddleware", "classify_via_gateway", "resolve_targets"]
 
 
 def resolve_targets(ctx: RequestContext, model: str) -> list[Target]:
+    """The enabled deployments of ``model``, narrowed to the routing mode's tag (local/cloud)."""
     runtime = ctx.runtime
-    targets = runtime.models.get(model)
-    if targets is None:
-        provider, sep, rest = model.partition("/")
-        if sep and rest and provider in runtime.providers:
-            targets = [Target(provider, rest)]
-        else:
-            raise not_found_model(ctx.requested_model or model)
-    enabled = [t for t in targets if runtime.providers[t.provider].enabled]
-    if not enabled:
-        reasons = "; ".join(
-            f"{t.provider}: {runtime.providers[t.provider].disabled_reason}" for t in targets
-        )
-        raise ProxyError(
-            503, f"No enabled provider serves `{model}` ({reasons}).", type="server_error", code="provider_disabled"
-        )
-    return enabled
+    targets = runtime.targets(model, ctx.requested_model)
+    mode = runtime.config.routing.mode
+    if ctx.tags_header is not None or mode != "auto":
+        wanted = _mode(ctx, mode)
+        if wanted != "auto":
+            targets = [t for t in targets if wanted in t.tags]
+            if not targets:
+                raise ProxyError(503, f"No {wanted} deployment serves `{model}` (routing mode {wanted}).",
+                                 type="server_error", code="no_deployment_for_mode")
+    return targets
+
+
+def _mode(ctx: RequestContext, default: str) -> str:
+    """A request may ask for a routing mode with the tag ``local``, ``cloud`` or ``auto``."""
+    if ctx.tags_header:
+        for tag in ctx.tags_header.decode("latin-1").lower().split(","):
+            if tag.strip() in ("local", "cloud", "auto"):
+                return tag.strip()
+    return default
 
 
 async def classify_via_gateway(ctx: RequestContext, model: str, prompt: str) -> str:
@@ -84,9 +88,11 @@ class GroupRoutingMiddleware:
             await self.app(scope, receive, send)
             return
         runtime = ctx.runtime
+        ctx.tags_header = header(scope, b"x-llm-proxy-tags")
         if runtime.groups.is_group(ctx.model):
             ctx.group = ctx.model
-            facts = facts_from(ctx.body or {}, header(scope, b"x-llm-proxy-tags"))
+            ctx.strategy = runtime.config.groups[ctx.model].deployment_strategy
+            facts = facts_from(ctx.body or {}, ctx.tags_header)
             model, steps = await runtime.groups.resolve(
                 ctx.model, facts, lambda selector, prompt: classify_via_gateway(ctx, selector, prompt)
             )
@@ -96,13 +102,14 @@ class GroupRoutingMiddleware:
                 model = runtime.aliases[model]
             ctx.model = model
         ctx.candidates = resolve_targets(ctx, ctx.model)
-        if not ctx.route:
+        # the dispatch step may add steps too (a context fallback, a deployment rule)
+        if not ctx.route and ctx.model not in runtime.context_fallbacks and ctx.model not in runtime.deployment_rules:
             await self.app(scope, receive, send)
             return
-        route = "; ".join(ctx.route).encode("latin-1", "replace")
 
         async def send_with_route(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and ctx.route:
+                route = "; ".join(ctx.route).encode("latin-1", "replace")
                 message["headers"] = [*message.get("headers", ()), (b"x-llm-proxy-route", route)]
             await send(message)
 

@@ -1,15 +1,94 @@
-"""Rate limiting slot: requests and tokens per minute per client key.
+"""Admission per database key: allowed models, budgets, concurrency, requests and tokens per minute.
 
-Not installed yet: with no limits configured the factory returns the inner app unchanged,
-so the layer costs nothing per request. Database-backed per-key limits fill this slot.
+Sits after group routing, so the requested name, the group and the resolved model are known.
+Config keys carry no policy and pass with one attribute check (``client.metered``), which
+keeps the gateway's throughput where it was. For a database key, every check and every
+reservation happens without an ``await`` in between (exact under concurrency, see
+``proxy.limits``); when the response has ended — stream finished, client gone or upstream
+failed — the ``finally`` below corrects the token reservation to the real usage and
+charges the key's ledger with ``ctx.cost``, which the metering layer (inside this one)
+has set by then, partial streams included.
+
+A model is allowed when the key has no list, or when the list names the requested model
+or alias, the group it named, or the concrete model it resolved to (``provider/model``
+pins must be listed as written).
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp
+from typing import Any
 
-__all__ = ["rate_limit"]
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.context import ClientIdentity, RequestContext, Usage, get_context
+from proxy.errors import ProxyError
+from proxy.limits import RateLimiter, token_estimate
+from proxy.spend import SpendLedger
+from proxy.telemetry import price
+
+__all__ = ["RateLimitMiddleware", "model_allowed"]
 
 
-def rate_limit(app: ASGIApp) -> ASGIApp:
-    return app
+def model_allowed(ctx: RequestContext, allowed: frozenset[str]) -> bool:
+    return ctx.requested_model in allowed or ctx.group in allowed or ctx.model in allowed
+
+
+def _cost_estimate(ctx: RequestContext, prompt: int, completion: int) -> float:
+    """What the request would cost at its first candidate's price, if it used its whole cap."""
+    if not ctx.candidates:
+        return 0.0
+    target = ctx.candidates[0]
+    provider = ctx.runtime.providers.get(target.provider)
+    if provider is None:
+        return 0.0
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return ctx.runtime.catalog.cost(target.model, provider.catalog_id, usage) or 0.0
+
+
+def _budgeted(client: ClientIdentity) -> bool:
+    return (client.budget_day_usd is not None or client.budget_month_usd is not None
+            or client.budget_total_usd is not None)
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, limiter: RateLimiter, ledger: SpendLedger) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.ledger = ledger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = get_context(scope)
+        if ctx is None or ctx.client is None or not ctx.client.metered or ctx.model is None:
+            await self.app(scope, receive, send)
+            return
+        client = ctx.client
+        if not self.ledger.loaded:  # mounted without the lifespan: rebuild on first use
+            await self.ledger.ensure_loaded()
+        if client.allowed_models is not None and not model_allowed(ctx, client.allowed_models):
+            raise ProxyError(403, f"This API key is not allowed to use the model `{ctx.requested_model}`.",
+                             code="model_not_allowed", param="model")
+
+        # From here to the try: no await, so the checks and the reservations are one step.
+        budgeted = _budgeted(client)
+        limited = client.rpm is not None or client.tpm is not None or client.max_concurrent is not None
+        prompt, completion = token_estimate(ctx) if budgeted or client.tpm is not None else (0, 0)
+        reserved = _cost_estimate(ctx, prompt, completion) if budgeted else 0.0
+        if budgeted:
+            self.ledger.check(client)
+        admission = self.limiter.admit(client, prompt + completion) if limited else None
+        self.ledger.reserve(client.key_id, reserved)
+        headers = admission.headers if admission is not None else None
+
+        async def send_with_limits(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *(headers or ())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_limits if headers else send)
+        finally:
+            if admission is not None:
+                self.limiter.release(admission, ctx.usage.total_tokens if ctx.usage is not None else 0)
+            if ctx.cost is None and ctx.usage is not None:  # metering not in the chain: price it here
+                ctx.cost = price(ctx)
+            self.ledger.settle(client.key_id, ctx.started_wall, reserved, ctx.cost)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,11 +22,14 @@ from middleware.alias import AliasMiddleware
 from middleware.auth import AuthMiddleware
 from middleware.group_routing import GroupRoutingMiddleware
 from middleware.metering import MeteringMiddleware
-from middleware.rate_limit import rate_limit
+from middleware.rate_limit import RateLimitMiddleware
 from middleware.request_context import RequestContextMiddleware
 from middleware.stream_wrap import StreamWrapMiddleware
+from proxy.accounts.clients import ClientStore
+from proxy.accounts.overlay import OverlaySource, OverlayStore
+from proxy.accounts.secrets import ProviderSecretStore
 from proxy.admin.routes import admin_app
-from proxy.config import Config
+from proxy.config import Config, ConfigError, default_config_path
 from proxy.context import get_context
 from proxy.endpoints.chat import chat_completions
 from proxy.endpoints.embeddings import create_embeddings
@@ -31,21 +38,31 @@ from proxy.endpoints.info import health, list_models, metrics_endpoint
 from proxy.endpoints.messages import count_tokens, messages
 from proxy.endpoints.responses import responses
 from proxy.errors import error_body
+from proxy.keys import CombinedKeys, DatabaseKeys
+from proxy.limits import RateLimiter
 from proxy.runtime import Runtime, RuntimeHolder, check_config
+from proxy.spend import SpendLedger
 
 __all__ = ["create_app", "middleware_stack"]
+
+logger = logging.getLogger("llm_proxy")
 
 ASGIHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def middleware_stack(holder: RuntimeHolder) -> list[Middleware]:
-    """The path every request takes, outermost first."""
+def middleware_stack(
+    holder: RuntimeHolder, *, limiter: RateLimiter | None = None, ledger: SpendLedger | None = None
+) -> list[Middleware]:
+    """The path every request takes, outermost first. ``limiter`` and ``ledger`` hold state that
+    must outlive a config reload (rate-limit windows, spend): made here when not given."""
+    limiter = limiter if limiter is not None else RateLimiter()
+    ledger = ledger if ledger is not None else SpendLedger(holder.current.config.database.path)
     return [
         Middleware(RequestContextMiddleware, holder=holder),  # request id, error shaping, request log
         Middleware(AuthMiddleware),  # client key → identity
         Middleware(AliasMiddleware),  # body parsed once; alias → model
         Middleware(GroupRoutingMiddleware),  # model (or group) → candidate targets
-        Middleware(rate_limit),  # slot: not installed until limits exist
+        Middleware(RateLimitMiddleware, limiter=limiter, ledger=ledger),  # per-key models, limits, budgets
         Middleware(MeteringMiddleware),  # overhead header, cost
         Middleware(StreamWrapMiddleware),  # usage for streams, disconnects
     ]
@@ -79,6 +96,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                     status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
 
+def _watch_sighup(holder: RuntimeHolder) -> None:
+    """``kill -HUP`` reloads the config file (standalone: only the main thread can take signals)."""
+    if holder.config_path is None or threading.current_thread() is not threading.main_thread():
+        return
+
+    async def reload() -> None:
+        try:
+            await holder.reload()
+        except ConfigError as exc:
+            logger.error("reload refused, the running configuration stays: %s", exc)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+    except (NotImplementedError, RuntimeError, AttributeError):  # no SIGHUP on this platform/loop
+        pass
+
+
 def create_app(config: str | Path | Config | None = None) -> Starlette:
     """An ASGI app from a config path (default ``config.yaml``) or a Config object.
 
@@ -86,16 +120,46 @@ def create_app(config: str | Path | Config | None = None) -> Starlette:
     app so upstream clients and the log writer start and stop with it (see README).
     """
     cfg = config if isinstance(config, Config) else check_config(config)
-    holder = RuntimeHolder(Runtime.build(cfg))
+    # what the admin API stored (switches, prices, groups, provider keys) is laid over the file on every
+    # build; read synchronously here, before anything serves, and off the loop on every reload
+    overlay = OverlaySource(cfg.database.path)
+    holder = RuntimeHolder(Runtime.build(overlay(cfg)),
+                           None if isinstance(config, Config) else (config or default_config_path()), file_config=cfg)
+    holder.overlay = overlay
+    overlay.configure(holder.current)
+    holder.configure.append(overlay.configure)
+
+    # Made once, outliving config reloads: database keys, rate-limit windows, the spend ledger.
+    clients = ClientStore(cfg.database.path)
+    database_keys = DatabaseKeys(clients)
+    database_keys.reload()  # at build time, so `keys.open` is right before anything serves
+    limiter, ledger = RateLimiter(), SpendLedger(cfg.database.path)
+
+    def wire_keys(runtime: Runtime) -> None:
+        runtime.keys = CombinedKeys(runtime.keys, database_keys)
+
+    wire_keys(holder.current)
+    holder.configure.append(wire_keys)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = holder.current
+        _watch_sighup(holder)
         await runtime.start()
+        await ledger.ensure_loaded()  # spend rebuilt from the request log, off the loop
+        watcher = asyncio.create_task(database_keys.watch())  # keys changed by other processes
         try:
             yield
         finally:
-            await runtime.aclose()
+            watcher.cancel()
+            await holder.aclose()
+            await asyncio.to_thread(clients.close)
+            await asyncio.to_thread(overlay.close)
+
+    admin = admin_app(holder)
+    admin.state.stores[ClientStore] = clients
+    admin.state.stores[OverlayStore], admin.state.stores[ProviderSecretStore] = overlay.overlays, overlay.secrets
+    admin.state.client_keys, admin.state.spend_ledger = database_keys, ledger
 
     chat = _Endpoint(chat_completions)
     models = _Endpoint(list_models)
@@ -117,13 +181,14 @@ def create_app(config: str | Path | Config | None = None) -> Starlette:
         Route("/health", _Endpoint(health(holder)), methods=["GET"]),
         Route("/health/live", _Endpoint(_live), methods=["GET"]),
         Route("/metrics", _Endpoint(metrics_endpoint), methods=["GET"]),
-        Mount("/api", app=admin_app(holder)),  # the JSON admin API (proxy/admin)
+        Mount("/api", app=admin),  # the JSON admin API (proxy/admin)
     ]
     app = Starlette(
         routes=routes,
-        middleware=middleware_stack(holder),
+        middleware=middleware_stack(holder, limiter=limiter, ledger=ledger),
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.runtime_holder = holder
+    app.state.client_keys, app.state.rate_limiter, app.state.spend_ledger = database_keys, limiter, ledger
     return app

@@ -65,6 +65,88 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reset_admin(args: argparse.Namespace) -> int:
+    from proxy.accounts.users import DEFAULT_ADMIN, DEFAULT_ADMIN_PASSWORD, UserStore
+    from proxy.config import load_config
+
+    path = load_config(args.config).database.path
+    users = UserStore(path)
+    try:
+        done = users.reset_admin()
+    finally:
+        users.close()
+    what = "re-created" if done == "created" else "reset"
+    print(f"{what} user {DEFAULT_ADMIN!r} in {path}: password {DEFAULT_ADMIN_PASSWORD!r}, role admin, enabled; "
+          "it must be changed at the next login, and the user's sessions are signed out")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """``keys create|list|revoke`` on the database named by the config; a running gateway sees it within ~2 s."""
+    import json
+
+    from proxy.accounts.clients import ClientStore, ClientStoreError
+    from proxy.config import load_config
+
+    store = ClientStore(load_config(args.config).database.path)
+    try:
+        if args.keys_command == "create":
+            given = {"allowed_models": args.models and [m for m in args.models.split(",") if m.strip()],
+                     "rpm": args.rpm, "tpm": args.tpm, "max_concurrent": args.max_concurrent,
+                     "budget_day_usd": args.budget_day, "budget_month_usd": args.budget_month,
+                     "budget_total_usd": args.budget_total, "expires_at": args.expires,
+                     "tags": dict(t.partition("=")[::2] for t in args.tag) if args.tag else None}
+            if any("=" not in t for t in args.tag or ()):
+                raise ClientStoreError(400, "--tag takes KEY=VALUE")
+            client_id = None
+            if args.client:
+                client_id = store.client_id(args.client) or store.create_client(args.client)["id"]
+            secret, key = store.create_key(args.name, client_id, {k: v for k, v in given.items() if v is not None})
+            print(secret)
+            print(f"created key {key.id} {key.name!r} (log id {key.log_id}): copy it now, it is not shown again",
+                  file=sys.stderr)
+        elif args.keys_command == "list":
+            keys = [k.public() for k in store.list_keys()]
+            if args.json:
+                print(json.dumps(keys, indent=2))
+            for k in [] if args.json else keys:
+                limits = " ".join(f"{n}={k[n]}" for n in ("rpm", "tpm", "max_concurrent", "budget_day_usd",
+                                                          "budget_month_usd", "budget_total_usd") if k[n] is not None)
+                print(f"{k['id']:>4}  {k['prefix']}...  {k['status']:<8}  {k['name']}  "
+                      f"models={','.join(k['allowed_models'] or ['*'])} {limits} expires={k['expires_at'] or '-'}")
+        else:
+            key = store.revoke_key(args.id)
+            print(f"revoked key {key.id} {key.name!r}")
+    except ClientStoreError as exc:
+        print(f"llm-proxy: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="create, list or revoke client API keys").add_subparsers(
+        dest="keys_command", required=True)
+    create = keys.add_parser("create", help="make a key and print it (once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--client", help="client name (created if missing)")
+    create.add_argument("--models", help="allowed models or groups, comma-separated (default: all)")
+    for flag in ("--rpm", "--tpm", "--max-concurrent"):
+        create.add_argument(flag, type=int)
+    for flag in ("--budget-day", "--budget-month", "--budget-total"):
+        create.add_argument(flag, type=float, help="USD")
+    create.add_argument("--expires", help="ISO 8601 time (UTC unless it says otherwise)")
+    create.add_argument("--tag", action="append", help="KEY=VALUE, repeatable; written to the request log")
+    listing = keys.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--json", action="store_true")
+    revoke = keys.add_parser("revoke", help="revoke a key now")
+    revoke.add_argument("id", type=int)
+    for command in (create, listing, revoke):
+        command.add_argument("--config", help="config file (default: $LLM_PROXY_CONFIG or ./config.yaml)")
+        command.set_defaults(func=_keys)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-proxy", description="An LLM gateway with an OpenAI-compatible API.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config and exit")
     check.add_argument("--config", help="config file (default: $LLM_PROXY_CONFIG or ./config.yaml)")
     check.set_defaults(func=_check)
+    reset = sub.add_parser("reset-admin", help="reset the dashboard user 'admin' to the default password")
+    reset.add_argument("--config", help="config file (default: $LLM_PROXY_CONFIG or ./config.yaml)")
+    reset.set_defaults(func=_reset_admin)
+    _keys_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

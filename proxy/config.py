@@ -13,7 +13,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,16 +22,22 @@ import yaml
 
 __all__ = [
     "AuthConfig",
+    "BreakerConfig",
     "ClientKeyConfig",
     "Config",
     "ConfigError",
     "DatabaseConfig",
+    "DeploymentConfig",
+    "DeploymentRuleConfig",
     "GroupConfig",
     "ImagesConfig",
+    "ModelConfig",
     "PriceConfig",
     "ProviderConfig",
     "RequestLogConfig",
+    "RoutingConfig",
     "RuleConfig",
+    "STRATEGIES",
     "ServerConfig",
     "TimeoutConfig",
     "ENV_PREFIX",
@@ -112,6 +118,7 @@ class ProviderConfig:
     base_url: str
     type: Literal["openai", "anthropic", "gemini", "ollama"] = "openai"
     api_key: str = ""
+    api_keys: tuple[str, ...] = ()  # several keys: rotated per request, each cooled down on 401/403/429
     api_key_required: bool = True
     enabled: bool = True
     models: tuple[str, ...] = ()
@@ -121,6 +128,75 @@ class ProviderConfig:
     catalog_provider: str | None = None
     max_connections: int = 1000
     responses_api: bool = False  # serves OpenAI's /responses itself (OpenAI does): pass it through
+    tags: tuple[str, ...] | None = None  # default: ("local",) for a loopback/private base_url, else ("cloud",)
+    priority: int = 0  # for its deployments: lower is tried first (ties keep config order)
+    weight: float = 1.0  # for its deployments under the weighted and A/B strategies
+
+
+STRATEGIES = ("priority", "weighted", "round-robin", "least-latency", "lowest-cost", "least-busy", "ab", "conditional")
+StrategyName = Literal["priority", "weighted", "round-robin", "least-latency", "lowest-cost", "least-busy", "ab",
+                       "conditional"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """One place a model is served: a provider and the name it knows the model by."""
+
+    provider: str
+    model: str | None = None  # the upstream's name; default: the model's own name
+    weight: float | None = None  # default: the provider's
+    priority: int | None = None  # default: the provider's
+    tags: tuple[str, ...] | None = None  # default: the provider's
+    rpm: int | None = None  # capacity: requests per minute this deployment takes
+    tpm: int | None = None  # capacity: tokens per minute (prompt estimate + max_tokens at admission)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRuleConfig:
+    """A conditional strategy's rule: when it matches, deployments named by ``use`` go first."""
+
+    use: str  # a provider name or a deployment tag
+    pattern: str | None = None
+    case_sensitive: bool = False
+    when: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """How a model name is served, when it is more than "every provider that lists it"."""
+
+    deployments: tuple[DeploymentConfig, ...] = ()
+    strategy: StrategyName | None = None  # default: routing.strategy
+    rules: tuple[DeploymentRuleConfig, ...] = ()  # for the conditional strategy
+    context_fallback: str | None = None  # a larger-context model to try when the prompt is too long
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """Per deployment: open after ``failures`` failures (``transient_failures`` for 502/503/529
+    overloads, which pass by themselves) within ``window`` seconds; probe after ``cooldown``,
+    doubling up to ``max_cooldown``; a 401/403 opens it for ``auth_cooldown``."""
+
+    failures: int = 5
+    transient_failures: int = 10
+    window: float = 30.0
+    cooldown: float = 5.0
+    max_cooldown: float = 300.0
+    auth_cooldown: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """The resilience pipeline around every upstream call."""
+
+    enabled: bool = True  # false: first deployment only, no retries, breakers or statistics
+    strategy: StrategyName = "priority"
+    mode: Literal["auto", "local", "cloud"] = "auto"  # local/cloud: only deployments tagged so
+    retries: int = 2  # extra rounds over the deployments after all failed with a retryable error
+    retry_backoff: float = 0.25  # seconds before the first retry round, doubled each round, full jitter
+    max_retry_wait: float = 10.0  # a longer Retry-After is not waited for: the error goes back instead
+    key_cooldown: float = 30.0  # a provider key answered 429 without Retry-After rests this long
+    breaker: BreakerConfig = BreakerConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +222,7 @@ class GroupConfig:
     primary_use: str | None = None
     classifier_timeout: float = 3.0
     cache_ttl: float = 300.0
+    deployment_strategy: StrategyName | None = None  # orders the chosen model's deployments
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +244,8 @@ class Config:
     images: ImagesConfig = ImagesConfig()
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    routing: RoutingConfig = RoutingConfig()
     groups: dict[str, GroupConfig] = field(default_factory=dict)
     plugins: tuple[dict[str, Any], ...] = ()
     # encrypts provider keys stored through the admin API; set it from LLM_PROXY__ENCRYPTION_KEY
@@ -450,6 +529,7 @@ def _check_references(config: Config, errors: list[str]) -> None:
                     break
         if isinstance(auth.master_key, str) and auth.master_key and len(auth.master_key) < 8:
             add("auth.master_key", "must be at least 8 characters")
+    _check_models(config, add)
     aliases = {a: t for a, t in config.aliases.items() if isinstance(t, str)}
     for alias, target in aliases.items():
         seen = [alias]
@@ -459,6 +539,53 @@ def _check_references(config: Config, errors: list[str]) -> None:
                 break
             seen.append(target)
             target = aliases[target]
+
+
+def _check_models(config: Config, add: Callable[[str, str], None]) -> None:
+    """Deployments name known providers, rules are well formed, fallbacks name known models."""
+    from proxy.groups import condition_errors  # the group engine owns the condition language
+
+    providers = {n: p for n, p in config.providers.items() if isinstance(p, ProviderConfig)}
+    for name, p in providers.items():
+        if _is_number(p.weight) and p.weight <= 0:
+            add(f"providers.{name}.weight", "must be greater than 0")
+    served = {m for p in providers.values() for m in (p.models if isinstance(p.models, tuple) else ())}
+    served |= set(config.models)
+    tags = {t for p in providers.values() if isinstance(p.tags, tuple) for t in p.tags} | {"local", "cloud"}
+    for model, spec in config.models.items():
+        if not isinstance(spec, ModelConfig):
+            continue
+        path = f"models.{model}"
+        for i, dep in enumerate(spec.deployments):
+            if not isinstance(dep, DeploymentConfig):
+                continue
+            if isinstance(dep.provider, str) and dep.provider not in config.providers:
+                add(f"{path}.deployments[{i}].provider", f"unknown provider {dep.provider!r}")
+            if _is_number(dep.weight) and dep.weight <= 0:
+                add(f"{path}.deployments[{i}].weight", "must be greater than 0")
+            tags |= set(dep.tags or ())
+        if spec.rules and spec.strategy != "conditional":
+            add(f"{path}.rules", "rules are used by the conditional strategy only (set strategy: conditional)")
+        for i, rule in enumerate(spec.rules):
+            if not isinstance(rule, DeploymentRuleConfig):
+                continue
+            where = f"{path}.rules[{i}]"
+            if isinstance(rule.use, str) and rule.use not in config.providers and rule.use not in tags:
+                add(f"{where}.use", f"{rule.use!r} is neither a provider nor a deployment tag")
+            if rule.pattern is None and rule.when is None:
+                add(where, "a rule needs a pattern, a when condition, or both")
+            if isinstance(rule.pattern, str):
+                try:
+                    re.compile(rule.pattern)
+                except re.error as exc:
+                    add(f"{where}.pattern", f"invalid regex ({exc})")
+            if rule.when is not None:
+                for error in condition_errors(rule.when, f"{where}.when"):
+                    path_, _, message = error.partition(": ")
+                    add(path_, message)
+        fallback = spec.context_fallback
+        if isinstance(fallback, str) and fallback not in served and fallback not in config.aliases:
+            add(f"{path}.context_fallback", f"unknown model {fallback!r}")
 
 
 def _check_plugins(specs: Any, errors: list[str]) -> None:
@@ -476,7 +603,7 @@ def _check_groups(config: Config, errors: list[str]) -> None:
     from proxy.groups import validate_groups  # the group engine validates its own shapes
 
     known = {m for p in config.providers.values() if isinstance(p, ProviderConfig) for m in p.models}
-    known |= set(config.aliases)
+    known |= set(config.aliases) | set(config.models)
     for group in config.groups.values():
         for target in getattr(group, "targets", ()) or ():
             provider, sep, rest = str(target).partition("/")

@@ -22,19 +22,43 @@ SCOPE_KEY = "llm_proxy"
 
 @dataclass(slots=True, frozen=True)
 class ClientIdentity:
-    """Who is calling. ``key_id`` is a non-secret identifier; the key itself is never stored here."""
+    """Who is calling, and the policy their key carries.
+
+    ``key_id`` is a non-secret identifier (the request log's ``client_key_id``); the key itself
+    is never stored here. Config keys carry no policy. Database keys set ``metered``: their
+    spend is kept in the ledger and the rate-limit layer checks whatever limits are set, so
+    a key without it costs that layer one attribute check.
+    """
 
     key_id: str
     name: str
     is_master: bool = False
+    metered: bool = False
+    allowed_models: frozenset[str] | None = None  # None: every model
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    budget_day_usd: float | None = None
+    budget_month_usd: float | None = None
+    budget_total_usd: float | None = None
+    expires_at: float | None = None  # epoch seconds
+    revoked_at: float | None = None  # a revocation due later (a rotated key's grace period)
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
 class Target:
-    """One concrete place a request can go: a provider and the model name it knows."""
+    """One deployment: a provider and the model name it knows, with what strategies weigh.
+
+    Equality and hashing are by (provider, model) only: the knobs describe the same place."""
 
     provider: str
     model: str
+    weight: float = field(default=1.0, compare=False)
+    priority: int = field(default=0, compare=False)
+    tags: frozenset[str] = field(default=frozenset(), compare=False)
+    rpm: int | None = field(default=None, compare=False)
+    tpm: int | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -81,6 +105,10 @@ class RequestContext:
     route: list[str] = field(default_factory=list)
     candidates: list[Target] = field(default_factory=list)
     target: Target | None = None
+    strategy: str | None = None  # the named group's deployment strategy, if it sets one
+    tags_header: bytes | None = None  # x-llm-proxy-tags, for rules that test tags
+    key_index: int = 0  # which of the provider's keys this attempt uses
+    deployment: Any = None  # the serving deployment's state: settled when the request ends
 
     # outcome
     status: int = 0

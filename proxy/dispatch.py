@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -22,10 +23,11 @@ from proxy import metrics
 from proxy.context import RequestContext
 from proxy.errors import ProxyError
 from proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response, upstream_error
+from proxy.resilience import pipeline
 from proxy.runtime import ProviderRuntime
 from proxy.upstream import open_upstream, transport_error
 
-__all__ = ["FAILOVER_STATUSES", "Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
+__all__ = ["Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -37,6 +39,8 @@ class Upstream:
     response: httpx.Response
     deadline: float | None
     data: bytes  # the body, when it was read (non-streaming)
+    first: bytes = b""  # a stream's first chunk, read before answering so a dead stream can fail over
+    chunks: AsyncIterator[bytes] | None = None  # the rest of the stream
 
 
 async def with_plugins(ctx: RequestContext, handler: Any, send: Any) -> None:
@@ -67,80 +71,11 @@ def forward_body(ctx: RequestContext) -> bytes:
     return orjson.dumps(body) if ctx.body_dirty else ctx.raw_body
 
 
-# Failures another deployment of the same model may not share: before the first byte
-# reaches the client, the next candidate is tried. A 400 is the client's and is returned.
-FAILOVER_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504, 529})
-
-
 async def send_chat(ctx: RequestContext) -> Upstream:
-    """Send to the first candidate; on a failover-worthy failure, to the next, in order.
-
-    Before-plugins run once, for the first candidate. Each attempt is recorded for the
-    request log when there is more than one candidate."""
-    breakers = ctx.runtime.breakers
-    candidates = ctx.candidates
-    ctx.target = candidates[0]
+    """Send the chat-shaped body through the resilience pipeline (before-plugins run once)."""
+    ctx.target = ctx.candidates[0]
     await run_before(ctx)
-    if len(candidates) == 1:  # nothing to fail over to: the breaker only watches
-        breaker = breakers.get(candidates[0].provider, candidates[0].model)
-        try:
-            up = await _send_to(ctx, candidates[0])
-        except ProxyError as exc:
-            breaker.record(exc.status)
-            raise
-        except BaseException:
-            breaker.release()
-            raise
-        breaker.record(up.response.status_code)
-        return up
-    # Deployments whose breaker lets a request through are tried in order (asking only right
-    # before trying, so a half-open probe is a real one); open ones after, soonest to reopen
-    # first, so a request is never failed blind while something may still work.
-    attempts: list[dict[str, Any]] = ctx.metadata.setdefault("attempts", [])
-    deferred: list[tuple[Any, Any]] = []
-    failure: ProxyError | None = None
-    for target in candidates:
-        breaker = breakers.get(target.provider, target.model)
-        if not breaker.allow():
-            deferred.append((target, breaker))
-            continue
-        up, failure = await _attempt_one(ctx, target, breaker, attempts)
-        if up is not None:
-            return up
-    for target, breaker in sorted(deferred, key=lambda item: item[1].retry_at):
-        up, failure = await _attempt_one(ctx, target, breaker, attempts)
-        if up is not None:
-            return up
-    assert failure is not None
-    raise failure
-
-
-async def _attempt_one(
-    ctx: RequestContext, target: Any, breaker: Any, attempts: list[dict[str, Any]]
-) -> tuple[Upstream | None, ProxyError | None]:
-    """One deployment: its answer, or the failure when another deployment may do better
-    (anything else is raised at once)."""
-    ctx.target = target
-    started = time.perf_counter()
-    try:
-        up = await _send_to(ctx, target)
-    except ProxyError as exc:
-        breaker.record(exc.status)
-        attempts.append(_attempt(target, exc.status, started, exc.code or exc.type))
-        if exc.status not in FAILOVER_STATUSES:
-            raise
-        return None, exc
-    except BaseException:  # cancelled (client gone) or a bug: no verdict on the deployment
-        breaker.release()
-        raise
-    breaker.record(up.response.status_code)
-    attempts.append(_attempt(target, up.response.status_code, started, None))
-    return up, None
-
-
-def _attempt(target: Any, status: int, started: float, error: str | None) -> dict[str, Any]:
-    return {"provider": target.provider, "model": target.model, "status": status,
-            "ms": round((time.perf_counter() - started) * 1000, 2), "error": error}
+    return await pipeline.run(ctx, lambda target: _send_to(ctx, target))
 
 
 async def _send_to(ctx: RequestContext, target: Any) -> Upstream:
@@ -154,7 +89,7 @@ async def _send_to(ctx: RequestContext, target: Any) -> Upstream:
             await runtime.image_fetcher.inline_images(ctx.body)  # these need image bytes inline
         limits = runtime.catalog.limits(target.model, provider.catalog_id)
         call = native.build_request(
-            ctx.body, target.model, api_key=provider.config.api_key, stream=ctx.stream,
+            ctx.body, target.model, api_key=provider.api_key(ctx.key_index), stream=ctx.stream,
             max_output_tokens=limits[1] if limits else None,
         )
         path, body, extra = call.path, call.body, call.headers
@@ -180,6 +115,7 @@ async def _send(
     extra: dict[str, str] | None,
 ) -> Upstream:
     total = provider.config.timeouts.total
+    first, chunks = b"", None
     deadline = asyncio.get_running_loop().time() + total if total else None
     data = b""
     try:
@@ -191,8 +127,20 @@ async def _send(
                     data = await _read(response, limit=_MAX_ERROR_BODY if status >= 400 else None)
                 finally:
                     await response.aclose()
+            else:  # nothing has reached the client yet: a stream that dies now can still fail over
+                chunks = aiter(response.stream)
+                try:
+                    first = await _first_chunk(chunks)
+                except BaseException:
+                    await response.aclose()
+                    raise
     except (httpx.HTTPError, TimeoutError) as exc:
         raise transport_error(ctx, provider, exc) from None
+    except _EmptyStream:
+        message = f"Provider '{provider.name}' ended the stream before sending anything."
+        provider.record_error(message)
+        metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_interrupted").inc()
+        raise ProxyError(502, message, type="upstream_error", code="upstream_error") from None
     if status >= 400:
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
         error = (upstream_error(provider.name, status, data, response.headers) if errors is None
@@ -203,7 +151,20 @@ async def _send(
     if not ctx.stream:
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
         provider.record_ok()
+    if ctx.stream:
+        return Upstream(provider, native, response, deadline, data, first, chunks)
     return Upstream(provider, native, response, deadline, data)
+
+
+class _EmptyStream(Exception):
+    pass
+
+
+async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    async for chunk in chunks:
+        if chunk:
+            return chunk
+    raise _EmptyStream
 
 
 async def complete_chat(ctx: RequestContext) -> dict[str, Any]:

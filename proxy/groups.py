@@ -28,7 +28,9 @@ __all__ = [
     "GroupResolver",
     "RequestFacts",
     "bucket_index",
+    "condition_errors",
     "facts_from",
+    "holds",
     "validate_groups",
 ]
 
@@ -120,15 +122,15 @@ def facts_from(body: dict[str, Any], header_tags: bytes | None) -> RequestFacts:
     )
 
 
-def _holds(cond: Any, facts: RequestFacts) -> bool:
+def holds(cond: Any, facts: RequestFacts) -> bool:
     """Evaluate a validated condition tree; anything malformed is simply false."""
     if not isinstance(cond, dict) or len(cond) != 1:
         return False
     ((key, value),) = cond.items()
     if key == "all":
-        return isinstance(value, list) and all(_holds(c, facts) for c in value)
+        return isinstance(value, list) and all(holds(c, facts) for c in value)
     if key == "any":
-        return isinstance(value, list) and any(_holds(c, facts) for c in value)
+        return isinstance(value, list) and any(holds(c, facts) for c in value)
     if key == "tag":
         return isinstance(value, str) and _norm_tag(value) in facts.tags
     if key in _INT_CONDS and (not isinstance(value, int) or isinstance(value, bool)):
@@ -142,14 +144,14 @@ def _holds(cond: Any, facts: RequestFacts) -> bool:
     return False
 
 
-def _condition_errors(cond: Any, path: str) -> list[str]:
+def condition_errors(cond: Any, path: str) -> list[str]:
     if not isinstance(cond, dict) or len(cond) != 1:
         return [f"{path}: a condition is a mapping with exactly one key (use all/any to combine)"]
     ((key, value),) = cond.items()
     if key in ("all", "any"):
         if not isinstance(value, list) or not value:
             return [f"{path}.{key}: must be a non-empty list of conditions"]
-        return [e for i, c in enumerate(value) for e in _condition_errors(c, f"{path}.{key}[{i}]")]
+        return [e for i, c in enumerate(value) for e in condition_errors(c, f"{path}.{key}[{i}]")]
     if key == "tag":
         ok = isinstance(value, str) and value.strip()
         return [] if ok else [f"{path}.tag: must be a non-empty string"]
@@ -238,7 +240,7 @@ class GroupResolver:
         pattern = self._patterns.get((name, index))
         if pattern is not None and not pattern.search(facts.last_user_text):
             return False
-        return rule.when is None or _holds(rule.when, facts)
+        return rule.when is None or holds(rule.when, facts)
 
     @staticmethod
     def _heuristic(group: GroupConfig, facts: RequestFacts) -> tuple[str, str]:
@@ -312,7 +314,7 @@ def validate_groups(groups: dict[str, GroupConfig], known_models: set[str]) -> l
                 except (re.error, TypeError) as exc:
                     errors.append(f"{path}.pattern: invalid regex ({exc})")
             if rule.when is not None:
-                errors.extend(_condition_errors(rule.when, f"{path}.when"))
+                errors.extend(condition_errors(rule.when, f"{path}.when"))
         if group.strategy not in ("heuristic", "classifier"):
             errors.append(f"{base}.strategy: must be 'heuristic' or 'classifier'")
         if group.strategy == "classifier":

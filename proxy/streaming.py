@@ -289,21 +289,20 @@ async def relay_surface(ctx: RequestContext, up: Any, send: Send, stream: Any, o
     model = ctx.target.model if ctx.target is not None else ""
     decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(model)
     relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, on_error))
-    await relay_stream(ctx, up.provider, up.response, send, up.deadline, relay)
+    await relay_stream(ctx, up, send, relay)
 
 
-async def relay_stream(
-    ctx: RequestContext,
-    provider: ProviderRuntime,
-    response: httpx.Response,
-    send: Send,
-    deadline: float | None,
-    relay: Relay,
-) -> None:
+async def relay_stream(ctx: RequestContext, up: Any, send: Send, relay: Relay) -> None:
+    """Relay an open upstream stream (``dispatch.Upstream``: its first chunk already read)."""
+    provider: ProviderRuntime = up.provider
+    response: httpx.Response = up.response
     failure: str | None = None
     try:
-        async with asyncio.timeout_at(deadline):
-            async for chunk in response.stream:  # the raw byte stream; no decoding layers
+        async with asyncio.timeout_at(up.deadline):
+            body = relay.feed(up.first)
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            async for chunk in up.chunks:  # the raw byte stream; no decoding layers
                 body = relay.feed(chunk)
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})

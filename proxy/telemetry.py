@@ -7,6 +7,7 @@ requests and client disconnects all land here through the same door.
 from __future__ import annotations
 
 import re
+import time
 
 import orjson
 
@@ -26,11 +27,24 @@ def redact(text: str | None) -> str | None:
 
 
 def price(ctx: RequestContext) -> float | None:
-    """The request's cost at the serving provider's (or the model creator's) catalog price."""
+    """The request's cost at the serving provider's (or the model creator's) catalog price.
+
+    A model without any price is billed at its group's price when the request came through
+    a group that has one; a discount still running scales the result (checked here, per
+    request, so an expiry needs no reload)."""
     if ctx.usage is None or ctx.target is None:
         return None
-    provider = ctx.runtime.providers[ctx.target.provider]
-    return ctx.runtime.catalog.cost(ctx.target.model, provider.catalog_id, ctx.usage)
+    runtime = ctx.runtime
+    provider = runtime.providers[ctx.target.provider]
+    cost = runtime.catalog.cost(ctx.target.model, provider.catalog_id, ctx.usage)
+    group = ctx.group
+    if cost is None and group is not None and group in provider.config.prices:
+        cost = runtime.catalog.cost(group, provider.catalog_id, ctx.usage)
+    if cost and runtime.discounts:
+        discount = runtime.discounts.get(ctx.model or "") or (runtime.discounts.get(group) if group else None)
+        if discount is not None and time.time() < discount[1]:
+            cost *= discount[0]
+    return cost
 
 
 def model_label(ctx: RequestContext) -> str:
@@ -45,6 +59,8 @@ def model_label(ctx: RequestContext) -> str:
 
 
 def finish_request(ctx: RequestContext) -> None:
+    if ctx.deployment is not None:  # the serving deployment's in-flight count and latency
+        ctx.deployment.finish(ctx)
     provider = ctx.target.provider if ctx.target is not None else "none"
     model = model_label(ctx)
     seconds = ctx.latency_ms / 1000.0

@@ -24,14 +24,15 @@ async def open_upstream(
     # The transport directly, not AsyncClient.send, and the body as a ready ByteStream with its
     # length given: the client's URL merging, cookie jar and header re-normalisation cost more
     # than the rest of the gateway per request (docs/benchmarks.md).
+    raw = provider.raw_headers_for(ctx.key_index) if ctx.key_index else provider.raw_headers
     request = httpx.Request(
         "POST",
         provider.url(path),
         headers=[
-            *provider.raw_headers,
+            *raw,
             *((k.encode(), v.encode()) for k, v in extra.items()),
             (b"content-length", b"%d" % len(body)),
-        ] if extra else [*provider.raw_headers, (b"content-length", b"%d" % len(body))],
+        ] if extra else [*raw, (b"content-length", b"%d" % len(body))],
         stream=httpx.ByteStream(body),
         extensions=provider.extensions,
     )

@@ -63,6 +63,7 @@ class Gateway:
     """The gateway served by uvicorn in a daemon thread."""
 
     def __init__(self, config: dict[str, Any], environ: dict[str, str] | None = None) -> None:
+        self.config_source = config
         self.config = parse_config(config, environ or {})
         self.db_path = Path(self.config.database.path)
         self.app = create_app(self.config)

@@ -10,7 +10,10 @@ from typing import Any
 import httpx
 from conftest import CLIENT_KEY, free_port
 
-from proxy.breaker import Breaker, BreakerSettings
+from proxy.config import BreakerConfig
+from proxy.errors import ProxyError
+from proxy.resilience.breaker import Breaker
+from proxy.resilience.pipeline import classify
 from proxy.testing.mock_upstream import MockUpstream
 
 
@@ -23,35 +26,51 @@ class Clock:
 
 
 def breaker(clock: Clock, **settings: Any) -> Breaker:
-    return Breaker(BreakerSettings(**{"failures": 3, "window": 10.0, "cooldown": 5.0, **settings}), clock,
-                   ("p", "m"))
+    config = BreakerConfig(**{"failures": 3, "transient_failures": 4, "window": 10.0, "cooldown": 5.0, **settings})
+    return Breaker(config, clock, ("p", "m"))
+
+
+def feed(b: Breaker, status: int, code: str | None = None) -> None:
+    """One attempt's answer, classified as the pipeline classifies it."""
+    b.record("ok" if status < 400 else classify(ProxyError(status, "upstream said no", code=code))[1])
 
 
 def test_opens_after_failures_within_the_window_only() -> None:
     clock = Clock()
     b = breaker(clock)
-    b.record(500)
+    feed(b, 500)
     clock.now += 11  # outside the window: forgotten
-    b.record(502)
-    b.record(503)
+    feed(b, 500)
+    feed(b, 504, "upstream_timeout")
     assert b.state == "closed" and b.allow()
-    b.record(504)
+    feed(b, 502, "upstream_unreachable")  # the gateway could not connect: a hard failure
     assert b.state == "open" and not b.allow()
+
+
+def test_transient_overloads_have_their_own_threshold() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    for status in (503, 529, 502):  # the upstream's own 502/503/529: overloaded, passes by itself
+        feed(b, status)
+    feed(b, 500)
+    assert b.state == "closed"  # 3 transient (of 4) and 1 failure (of 3) in the window
+    feed(b, 503)
+    assert b.state == "open"
 
 
 def test_half_open_probe_closes_or_reopens_with_doubled_cooldown() -> None:
     clock = Clock()
     b = breaker(clock)
     for _ in range(3):
-        b.record(500)
+        feed(b, 500)
     clock.now += 5
     assert b.allow() and b.state == "half_open"
     assert not b.allow()  # one probe at a time
-    b.record(500)
+    feed(b, 500)
     assert b.state == "open" and b.retry_at == clock.now + 10  # cooldown doubled
     clock.now += 10
     assert b.allow()
-    b.record(200)
+    feed(b, 200)
     assert b.state == "closed" and b.allow()
 
 
@@ -59,9 +78,9 @@ def test_rate_limits_and_client_errors_never_trip_auth_failures_do() -> None:
     clock = Clock()
     b = breaker(clock)
     for status in (429, 429, 429, 400, 404, 413):
-        b.record(status)
+        feed(b, status)
     assert b.state == "closed"
-    b.record(401)
+    feed(b, 401)
     assert b.state == "open" and b.retry_at == clock.now + 300  # a bad key: the long cooldown
 
 
@@ -69,7 +88,7 @@ def test_a_cancelled_probe_frees_the_slot() -> None:
     clock = Clock()
     b = breaker(clock)
     for _ in range(3):
-        b.record(500)
+        feed(b, 500)
     clock.now += 5
     assert b.allow()
     b.release()
@@ -104,6 +123,6 @@ def test_one_dead_deployment_of_three(make_gateway: Any, mock: MockUpstream) -> 
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'llm_proxy_breaker_state{model="gpt-4o",provider="dead"} 2.0' in metrics
     rows = gw.rows(300)
-    tried_dead = sum(any(a["provider"] == "dead" for a in json.loads(r["attempts"])) for r in rows)
+    tried_dead = sum(any(a.get("provider") == "dead" for a in json.loads(r["attempts"] or "[]")) for r in rows)
     assert tried_dead < 100  # once open, the dead deployment is skipped (probes aside)
     assert all(r["status"] == 200 and r["provider"] == "alive" for r in rows)

@@ -84,6 +84,13 @@ def assert_logged(row: dict[str, Any], status: int, error_type: str | None = Non
 
 
 @pytest.fixture
+def gateway(make_gateway: Any) -> Gateway:
+    """These tests are about how one upstream error reaches the client: no retry rounds
+    (retries and their backoff are tested in test_resilience.py)."""
+    return make_gateway(routing={"retries": 0})
+
+
+@pytest.fixture
 def http(gateway: Gateway) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url=gateway.url, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=10

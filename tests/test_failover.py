@@ -62,7 +62,7 @@ def test_every_deployment_failing_returns_the_last_error(make_gateway: Any, mock
     gw = make_gateway(providers=two_deployments(mock, mock.base_url_v1))
     with pytest.raises(openai.RateLimitError):
         sdk(gw).chat.completions.create(model="gpt-4o",
-                                        messages=[{"role": "user", "content": "x\n#mock status=429 retry_after=3"}])
+                                        messages=[{"role": "user", "content": "x\n#mock status=429 retry_after=30"}])
     assert len(mock.requests) == 2  # both tried, in order
     (row,) = gw.rows(1)
     assert row["status"] == 429 and [a["provider"] for a in json.loads(row["attempts"])] == ["first", "second"]

@@ -89,7 +89,8 @@ def test_metrics_after_success_unknown_model_and_upstream_error(mock: MockUpstre
     assert cost > 0
     assert abs(delta(before, after, "llm_proxy_cost_usd_total", **gpt) - cost) < 1e-9
 
-    assert delta(before, after, "llm_proxy_upstream_errors_total", provider="openai", type="http_5xx") == 1
+    # per attempt: the failing request was tried three times (two retry rounds by default)
+    assert delta(before, after, "llm_proxy_upstream_errors_total", provider="openai", type="http_5xx") == 3
 
     # histograms: duration per endpoint/provider/model, TTFT for the stream; buckets reach minutes
     assert delta(before, after, "llm_proxy_request_duration_seconds_count", **chat, **gpt) == 3

@@ -5,16 +5,27 @@ Each area (users, keys, usage, ...) is a module exposing ``ROUTES: list[AdminRou
 master key as a bearer token, or a session), a ``viewer`` may only read, and the answer
 is JSON — errors in the same ``{"error": {...}}`` shape as the rest of the gateway.
 Stores are made once per app and reached with ``store(request, StoreClass)``; every
-store takes the database path, and its methods are called off the event loop.
+store takes the database path, and its methods are called off the event loop
+(``in_thread``).
+
+The guard, in order: ``public`` routes (login) skip it; otherwise no principal → 401; a
+session (cookie) calling a state-changing method without the right ``x-csrf-token`` → 403
+``csrf_failed`` (the master key travels in a header no other site can make a browser send,
+so it needs none); a session whose user must change the password may only call routes
+marked ``before_password_change`` → 403 ``password_change_required``; a viewer on an admin
+route → 403 ``forbidden``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,23 +35,42 @@ from starlette.routing import Route
 from proxy.errors import error_body
 from proxy.runtime import RuntimeHolder
 
-__all__ = ["AdminError", "AdminRoute", "Principal", "admin_route", "build_admin_app", "holder", "store"]
+__all__ = [
+    "AdminError",
+    "AdminRoute",
+    "Principal",
+    "admin_route",
+    "build_admin_app",
+    "holder",
+    "in_thread",
+    "json_response",
+    "master_key_only",
+    "read_json",
+    "store",
+]
 
-Role = Literal["viewer", "admin"]
+Role = Literal["public", "viewer", "admin"]
 Endpoint = Callable[[Request], Awaitable[Response]]
 Authenticator = Callable[[Request], Awaitable["Principal | None"]]
 T = TypeVar("T")
+P = ParamSpec("P")
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "x-csrf-token"
 
 
 class AdminRoute(NamedTuple):
     method: str
     path: str
     endpoint: Endpoint
-    role: Role  # the least role that may call it
+    role: Role  # the least role that may call it; "public" needs no authentication
+    before_password_change: bool = False  # callable while the user must still change the password
 
 
-def admin_route(method: str, path: str, endpoint: Endpoint, role: Role = "admin") -> AdminRoute:
-    return AdminRoute(method, path, endpoint, role)
+def admin_route(
+    method: str, path: str, endpoint: Endpoint, role: Role = "admin", *, before_password_change: bool = False
+) -> AdminRoute:
+    return AdminRoute(method, path, endpoint, role, before_password_change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +78,28 @@ class Principal:
     """Who is calling the admin API. ``via`` is ``master_key`` or ``session``."""
 
     name: str
-    role: Role
+    role: Literal["viewer", "admin"]
     via: str
     user_id: int | None = None
     must_change_password: bool = False
+    session_id: str | None = field(default=None, repr=False)
+    csrf_token: str | None = field(default=None, repr=False)
 
 
 class AdminError(Exception):
-    """An admin failure rendered as ``{"error": {...}}`` with its status."""
+    """An admin failure rendered as ``{"error": {...}}`` with its status (and headers, e.g. Retry-After)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, type: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.type = status, message, code, type
+        self.headers = headers or {}
 
 
 def holder(request: Request) -> RuntimeHolder:
@@ -75,6 +115,31 @@ def store(request: Request, cls: Callable[[str], T]) -> T:
     return made
 
 
+async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking call (SQLite, password hashing) in a worker thread."""
+    return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+
+async def read_json(request: Request, limit: int = 1 << 20) -> dict[str, Any]:
+    """The request body as a JSON object (at most ``limit`` bytes), or a 4xx saying what is wrong."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise AdminError(413, f"The request body is larger than {limit} bytes.", "body_too_large")
+    try:
+        body = orjson.loads(bytes(raw)) if raw else None
+    except orjson.JSONDecodeError:
+        raise AdminError(400, "The request body is not valid JSON.", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "The request body must be a JSON object.", "invalid_json")
+    return body
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
 async def master_key_only(request: Request) -> Principal | None:
     """The bearer master key, compared in constant time: automation's way in."""
     master = holder(request).current.config.auth.master_key
@@ -84,22 +149,44 @@ async def master_key_only(request: Request) -> Principal | None:
     return None
 
 
-def _error(status: int, message: str, code: str | None, type: str = "invalid_request_error") -> Response:
-    return Response(error_body(message, type, code), status_code=status, media_type="application/json")
+def _error(
+    status: int, message: str, code: str | None, type: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(error_body(message, type, code), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def _refusal(route: AdminRoute, principal: Principal, request: Request) -> Response | None:
+    if principal.via == "session" and request.method not in _SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not principal.csrf_token or not hmac.compare_digest(sent.encode(), principal.csrf_token.encode()):
+            return _error(403, "Missing or wrong CSRF token: send the csrf_token from login or GET /auth/me "
+                          f"in the {CSRF_HEADER} header.", "csrf_failed", "permission_error")
+    if principal.must_change_password and not route.before_password_change:
+        return _error(403, "The password must be changed first (POST /auth/password).",
+                      "password_change_required", "permission_error")
+    if route.role == "admin" and principal.role != "admin":
+        return _error(403, "This needs the admin role.", "forbidden", "permission_error")
+    return None
 
 
 def _guarded(route: AdminRoute, authenticate: Authenticator) -> Endpoint:
     async def endpoint(request: Request) -> Response:
-        principal = await authenticate(request)
-        if principal is None:
-            return _error(401, "Authentication required.", "unauthenticated", "authentication_error")
-        if route.role == "admin" and principal.role != "admin":
-            return _error(403, "This needs the admin role.", "forbidden", "permission_error")
-        request.state.principal = principal
         try:
-            return await route.endpoint(request)
+            if route.role != "public":
+                principal = await authenticate(request)
+                if principal is None:
+                    return _error(401, "Authentication required.", "unauthenticated", "authentication_error")
+                refused = _refusal(route, principal, request)
+                if refused is not None:
+                    return refused
+                request.state.principal = principal
+            response = await route.endpoint(request)
         except AdminError as exc:
-            return _error(exc.status, exc.message, exc.code, exc.type)
+            response = _error(exc.status, exc.message, exc.code, exc.type, exc.headers)
+        response.headers.setdefault("cache-control", "no-store")  # answers carry tokens and account data
+        return response
 
     return endpoint
 

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from proxy.admin.api import AdminRoute, build_admin_app, master_key_only
+from proxy.admin import (
+    auth_routes,
+    catalog_routes,
+    config_routes,
+    keys_routes,
+    secrets_routes,
+    usage_routes,
+    users_routes,
+)
+from proxy.admin.api import AdminRoute, build_admin_app
+from proxy.admin.auth_routes import authenticate
 from proxy.runtime import RuntimeHolder
 
 __all__ = ["admin_app"]
 
 
 def _tables() -> list[list[AdminRoute]]:
-    return []
+    return [
+        auth_routes.ROUTES,
+        users_routes.ROUTES,
+        secrets_routes.ROUTES,
+        keys_routes.ROUTES,
+        config_routes.ROUTES,
+        catalog_routes.ROUTES,
+        usage_routes.ROUTES,
+    ]
 
 
 def admin_app(holder: RuntimeHolder) -> Starlette:
-    return build_admin_app(holder, _tables(), master_key_only)
+    return build_admin_app(holder, _tables(), authenticate)

@@ -45,4 +45,4 @@ async def _chat(ctx: RequestContext, send: Send) -> None:
     else:
         decoder = up.native.StreamDecoder(ctx.target.model if ctx.target else "")
         relay = ChunkRelay(ctx, decoder, OpenAIChunkEncoder(strip_usage=not ctx.client_wants_usage))
-    await relay_stream(ctx, up.provider, up.response, send, up.deadline, relay)
+    await relay_stream(ctx, up, send, relay)

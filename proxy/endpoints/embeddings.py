@@ -11,10 +11,11 @@ from __future__ import annotations
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext, Usage
+from proxy.context import SCOPE_KEY, RequestContext, Target, Usage
 from proxy.dispatch import forward_body, run_before, send_native, with_plugins
 from proxy.errors import ProxyError, bad_request, send_json
 from proxy.providers import embeddings as native
+from proxy.resilience import pipeline
 from proxy.runtime import ProviderRuntime
 
 __all__ = ["call", "create_embeddings", "unsupported"]
@@ -56,32 +57,37 @@ def _passthrough_usage(data: bytes, ctx: RequestContext) -> Usage | None:
 
 
 async def _dispatch(ctx: RequestContext, send: Send) -> None:
-    ctx.target = target = ctx.candidates[0]
-    provider = ctx.runtime.providers[target.provider]
+    ctx.target = ctx.candidates[0]
     await run_before(ctx)
-    body = ctx.body
-    assert body is not None
     if ctx.stream:
         raise bad_request("stream is not supported for embeddings", param="stream")
+    data, ctx.usage, estimated = await pipeline.run(ctx, lambda target: _embed(ctx, target))
+    if estimated:
+        ctx.metadata["usage_estimated"] = True
+    await send_json(send, 200, data)
+
+
+async def _embed(ctx: RequestContext, target: Target) -> tuple[bytes, Usage | None, bool]:
+    """One deployment's embeddings: (the answer in OpenAI's shape, usage, whether estimated)."""
+    provider = ctx.runtime.providers[target.provider]
+    body = ctx.body
+    assert body is not None
     kind = provider.config.type
     if kind == "openai":
         data = await call(ctx, provider, EMBEDDINGS_PATH, forward_body(ctx))
-        ctx.usage = _passthrough_usage(data, ctx)
-        await send_json(send, 200, data)
-        return
+        usage = _passthrough_usage(data, ctx)
+        return data, usage, bool(ctx.metadata.get("usage_estimated"))
     if kind not in ("gemini", "ollama"):
         raise unsupported("Embeddings", provider)
     texts = native.embed_texts(body, kind)
     fmt = native.encoding_format(body)
+    key = provider.api_key(ctx.key_index)
     if kind == "gemini":
-        request = native.gemini_embed_request(body, target.model, texts, api_key=provider.config.api_key)
+        request = native.gemini_embed_request(body, target.model, texts, api_key=key)
         data = await call(ctx, provider, request.path, request.body, request.headers)
-        response, ctx.usage = native.gemini_embed_response(data, target.model, texts, fmt, provider.name)
-        estimated = True  # Gemini reports no tokens for embeddings
-    else:
-        request = native.ollama_embed_request(body, target.model, texts, api_key=provider.config.api_key)
-        data = await call(ctx, provider, request.path, request.body, request.headers)
-        response, ctx.usage, estimated = native.ollama_embed_response(data, target.model, texts, fmt, provider.name)
-    if estimated:
-        ctx.metadata["usage_estimated"] = True
-    await send_json(send, 200, orjson.dumps(response))
+        response, usage = native.gemini_embed_response(data, target.model, texts, fmt, provider.name)
+        return orjson.dumps(response), usage, True  # Gemini reports no tokens for embeddings
+    request = native.ollama_embed_request(body, target.model, texts, api_key=key)
+    data = await call(ctx, provider, request.path, request.body, request.headers)
+    response, usage, estimated = native.ollama_embed_response(data, target.model, texts, fmt, provider.name)
+    return orjson.dumps(response), usage, estimated

@@ -18,11 +18,12 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext, Usage
-from proxy.dispatch import forward_body, run_before, send_native, with_plugins
+from proxy.context import SCOPE_KEY, RequestContext, Target, Usage
+from proxy.dispatch import Upstream, forward_body, run_before, send_native, with_plugins
 from proxy.endpoints.embeddings import call, unsupported
 from proxy.errors import bad_request, send_json
 from proxy.providers import embeddings as native
+from proxy.resilience import pipeline
 from proxy.runtime import ProviderRuntime
 from proxy.streaming import ObservedRelay, relay_stream
 
@@ -59,44 +60,49 @@ def _meter(ctx: RequestContext, provider: ProviderRuntime, images: int, usage: U
 
 
 async def _dispatch(ctx: RequestContext, send: Send) -> None:
-    ctx.target = target = ctx.candidates[0]
-    provider = ctx.runtime.providers[target.provider]
+    ctx.target = ctx.candidates[0]
     await run_before(ctx)
+    if ctx.stream:
+        up = await pipeline.run(ctx, lambda target: _open_stream(ctx, target))
+        ctype = up.response.headers.get("content-type", "text/event-stream")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype.encode())]})
+        relay = ObservedRelay(ctx, _Bytes(), lambda error: b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+        await relay_stream(ctx, up, send, relay)
+        return
+    data, images, usage = await pipeline.run(ctx, lambda target: _generate(ctx, target))
+    _meter(ctx, ctx.runtime.providers[ctx.target.provider], images, usage)
+    await send_json(send, 200, data)
+
+
+async def _generate(ctx: RequestContext, target: Target) -> tuple[bytes, int, Usage | None]:
+    """One deployment's images: (the answer in OpenAI's shape, how many images, usage)."""
+    provider = ctx.runtime.providers[target.provider]
     body = ctx.body
     assert body is not None
     kind = provider.config.type
     if kind == "openai":
-        if ctx.stream:
-            await _relay_stream(ctx, provider, send)
-            return
         data = await call(ctx, provider, IMAGES_PATH, forward_body(ctx))
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             obj = None
         images = obj.get("data") if isinstance(obj, dict) else None
-        _meter(ctx, provider, len(images) if isinstance(images, list) else 0, _image_usage(obj))
-        await send_json(send, 200, data)
-        return
+        return data, len(images) if isinstance(images, list) else 0, _image_usage(obj)
     if kind != "gemini" or not native.is_imagen(target.model):
         raise unsupported("Image generation" + (" with a non-Imagen model" if kind == "gemini" else ""), provider)
-    if ctx.stream:
-        raise bad_request(f"stream is not supported for image generation with provider '{provider.name}'",
-                          param="stream")
-    request = native.gemini_image_request(body, target.model, api_key=provider.config.api_key)
+    request = native.gemini_image_request(body, target.model, api_key=provider.api_key(ctx.key_index))
     data = await call(ctx, provider, request.path, request.body, request.headers)
     response = native.gemini_image_response(data, body.get("response_format"), provider.name)
-    _meter(ctx, provider, len(response["data"]), None)
-    await send_json(send, 200, orjson.dumps(response))
+    return orjson.dumps(response), len(response["data"]), None
 
 
-async def _relay_stream(ctx: RequestContext, provider: ProviderRuntime, send: Send) -> None:
+async def _open_stream(ctx: RequestContext, target: Target) -> Upstream:
     """gpt-image streaming: the upstream's events go through as they come, unmetered."""
-    up = await send_native(ctx, provider, IMAGES_PATH, forward_body(ctx), {})
-    ctype = up.response.headers.get("content-type", "text/event-stream")
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype.encode())]})
-    relay = ObservedRelay(ctx, _Bytes(), lambda error: b"data: " + orjson.dumps({"error": error}) + b"\n\n")
-    await relay_stream(ctx, provider, up.response, send, up.deadline, relay)
+    provider = ctx.runtime.providers[target.provider]
+    if provider.config.type != "openai":
+        raise bad_request(f"stream is not supported for image generation with provider '{provider.name}'",
+                          param="stream")
+    return await send_native(ctx, provider, IMAGES_PATH, forward_body(ctx), {})
 
 
 class _Bytes:

@@ -54,7 +54,7 @@ def health(holder: RuntimeHolder):
         runtime = holder.current
         providers = {name: p.status() for name, p in runtime.providers.items()}
         for name, info in providers.items():
-            open_breakers = runtime.breakers.states(name)
+            open_breakers = runtime.routing.breaker_states(name)
             if open_breakers:
                 info["breakers"] = open_breakers
         ready = runtime.started and any(p.enabled for p in runtime.providers.values())

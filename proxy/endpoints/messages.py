@@ -10,16 +10,18 @@ Claude-Code-style client works against OpenAI, Gemini, DeepSeek or Ollama models
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from proxy.asgi import header
-from proxy.context import SCOPE_KEY, RequestContext
-from proxy.dispatch import complete_chat, forward_body, send_chat, send_native, with_plugins
+from proxy.context import SCOPE_KEY, RequestContext, Target
+from proxy.dispatch import Upstream, complete_chat, forward_body, send_chat, send_native, with_plugins
 from proxy.errors import send_json
 from proxy.inbound import anthropic_messages as inbound
+from proxy.resilience import pipeline
 from proxy.streaming import ObservedRelay, relay_stream, relay_surface
 
 __all__ = ["count_tokens", "messages"]
@@ -46,33 +48,42 @@ async def count_tokens(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 
-def _headers(scope: Scope, provider: Any) -> dict[str, str]:
+def _headers(scope: Scope, provider: Any, key_index: int = 0) -> dict[str, str]:
     """Anthropic's own headers: the provider's key, and the client's API version and betas."""
     headers = {"anthropic-version": (header(scope, b"anthropic-version") or _VERSION.encode()).decode("latin-1")}
     beta = header(scope, b"anthropic-beta")
     if beta:
         headers["anthropic-beta"] = beta.decode("latin-1")
-    if provider.config.api_key:
-        headers["x-api-key"] = provider.config.api_key
+    key = provider.api_key(key_index)
+    if key:
+        headers["x-api-key"] = key
     return headers
 
 
 async def _messages(ctx: RequestContext, send: Send, scope: Scope) -> None:
-    ctx.target = target = ctx.candidates[0]
-    provider = ctx.runtime.providers[target.provider]
-    model = ctx.requested_model or target.model
-    if provider.config.type == "anthropic":
-        up = await send_native(ctx, provider, "/v1/messages", forward_body(ctx), _headers(scope, provider))
-        native = provider.translator
+    providers = ctx.runtime.providers
+    model = ctx.requested_model or ctx.candidates[0].model
+    # Fail over within one wire family: Anthropic's own API, or everything reached through chat.
+    native_first = providers[ctx.candidates[0].provider].config.type == "anthropic"
+    ctx.candidates = [t for t in ctx.candidates if (providers[t.provider].config.type == "anthropic") == native_first]
+    if native_first:
+        def attempt(target: Target) -> Awaitable[Upstream]:
+            provider = providers[target.provider]
+            return send_native(ctx, provider, "/v1/messages", forward_body(ctx), _headers(scope, provider, ctx.key_index))
+
+        up = await pipeline.run(ctx, attempt)
+        up_target = ctx.target
+        assert up_target is not None
+        native = up.provider.translator
         assert native is not None
         if not ctx.stream:
-            translated = native.parse_response(up.data, target.model)
+            translated = native.parse_response(up.data, up_target.model)
             ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
             await send_json(send, 200, up.data)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
-        relay = ObservedRelay(ctx, native.StreamDecoder(target.model), _error_event)
-        await relay_stream(ctx, provider, up.response, send, up.deadline, relay)
+        relay = ObservedRelay(ctx, native.StreamDecoder(up_target.model), _error_event)
+        await relay_stream(ctx, up, send, relay)
         return
 
     original = ctx.body or {}

@@ -17,6 +17,7 @@ from proxy.context import SCOPE_KEY, RequestContext, Usage
 from proxy.dispatch import complete_chat, forward_body, send_chat, send_native, with_plugins
 from proxy.errors import send_json
 from proxy.inbound import responses as inbound
+from proxy.resilience import pipeline
 from proxy.streaming import JsonEventDecoder, ObservedRelay, relay_stream, relay_surface
 
 __all__ = ["ResponsesObserver", "responses", "usage_from_responses"]
@@ -38,12 +39,15 @@ async def responses(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _responses(ctx: RequestContext, send: Send) -> None:
-    ctx.target = target = ctx.candidates[0]
-    provider = ctx.runtime.providers[target.provider]
+    providers = ctx.runtime.providers
     request = ctx.body or {}
-    model = ctx.requested_model or target.model
-    if provider.translator is None and provider.config.responses_api:
-        up = await send_native(ctx, provider, "/responses", forward_body(ctx), {})
+    model = ctx.requested_model or ctx.candidates[0].model
+    passthrough = [t for t in ctx.candidates if providers[t.provider].config.responses_api
+                   and providers[t.provider].translator is None]
+    if passthrough and passthrough[0] == ctx.candidates[0]:  # fail over among those that speak Responses
+        ctx.candidates = passthrough
+        up = await pipeline.run(
+            ctx, lambda target: send_native(ctx, providers[target.provider], "/responses", forward_body(ctx), {}))
         if not ctx.stream:
             try:
                 obj = orjson.loads(up.data)
@@ -55,7 +59,7 @@ async def _responses(ctx: RequestContext, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
         stream = inbound.EventStream(request, model)
         relay = ObservedRelay(ctx, ResponsesObserver(), lambda error: _failed(stream, error))
-        await relay_stream(ctx, provider, up.response, send, up.deadline, relay)
+        await relay_stream(ctx, up, send, relay)
         return
 
     ctx.body = inbound.to_chat(request)
