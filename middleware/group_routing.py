@@ -76,6 +76,8 @@ async def classify_via_gateway(ctx: RequestContext, model: str, prompt: str) -> 
         sub.finished_at = time.perf_counter()
         sub.cost = price(sub)
         finish_request(sub)
+        if sub.cost:  # the client's key pays for it too (charged by the rate-limit layer)
+            ctx.metadata.setdefault("side_costs", []).append((sub.started_wall, sub.cost))
 
 
 class GroupRoutingMiddleware:

@@ -92,3 +92,5 @@ class RateLimitMiddleware:
             if ctx.cost is None and ctx.usage is not None:  # metering not in the chain: price it here
                 ctx.cost = price(ctx)
             self.ledger.settle(client.key_id, ctx.started_wall, reserved, ctx.cost)
+            for started_wall, cost in ctx.metadata.get("side_costs", ()):  # a group's classifier call
+                self.ledger.settle(client.key_id, started_wall, 0.0, cost)

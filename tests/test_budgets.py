@@ -252,3 +252,16 @@ def test_sums_are_exact_in_any_order(tmp_path: Path) -> None:
     for cost in reversed(costs):
         ledger.settle("dbkey_9", 1.0e9, 0.0, cost)
     assert ledger.spent("dbkey_9", now=1.0e9)[2] == math.fsum(costs) != sum(costs)
+
+
+def test_a_classifier_groups_selector_call_is_charged_to_the_key(make_gateway: Any) -> None:
+    groups = {"smart": {"strategy": "classifier", "selector_model": "gpt-4o-mini",
+                        "targets": ["gpt-4o-mini", "gpt-4o"]}}
+    gw = make_gateway(groups=groups)
+    key, info = new_key(gw, budget_total_usd=10.0)
+    sdk(gw, key).chat.completions.create(model="smart", messages=[{"role": "user", "content": "hello there"}])
+    rows = gw.rows(2)
+    assert sorted(r["endpoint"] for r in rows) == ["chat.completions", "classifier"]
+    costs = logged_costs(gw, info["log_key_id"], 2)
+    assert len(costs) == 2 and all(c > 0 for c in costs)
+    assert spend(gw, info["id"])["spend_usd"]["total"] == math.fsum(costs)

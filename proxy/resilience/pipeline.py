@@ -128,21 +128,37 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
     record: list[dict[str, Any]] = []
     failure: ProxyError | None = None
     for round_ in range(settings.retries + 1):
-        outcome = await _one_round(ctx, attempt, candidates, record)
-        if not isinstance(outcome, _Failed):
-            return outcome
-        if outcome.error is None:  # nothing could be tried at all
+        failed = _Failed()
+        deferred: list[tuple[Target, DeploymentState]] | None = None
+        for target in candidates:
+            deployment = state.deployment(target)
+            if not deployment.breaker.allow():
+                (deferred := deferred or []).append((target, deployment))
+                continue
+            result = await _try(ctx, attempt, target, deployment, failed, record)
+            if result is not failed:
+                return result  # type: ignore[return-value]
+        # Open breakers last, soonest to reopen first: never fail blind while one may work. One
+        # opened by an authentication failure is not tried: the key will not have changed.
+        for target, deployment in sorted(deferred or (), key=lambda item: item[1].breaker.retry_at):
+            if deployment.breaker.auth_failed:
+                failed.ready_in = min(failed.ready_in, deployment.breaker.retry_at - state.clock())
+                continue
+            result = await _try(ctx, attempt, target, deployment, failed, record)
+            if result is not failed:
+                return result  # type: ignore[return-value]
+        if failed.error is None:  # nothing could be tried at all
             if failure is not None:
                 raise failure
-            raise _unavailable(ctx, outcome.ready_in)
-        failure = outcome.error
-        if not outcome.retryable or round_ == settings.retries:
+            raise _unavailable(ctx, failed.ready_in)
+        failure = failed.error
+        if not failed.retryable or round_ == settings.retries:
             break
         wait = settings.retry_backoff * (2 ** round_) * random.random()  # full jitter
-        if outcome.retry_after is not None:
-            if outcome.retry_after > settings.max_retry_wait:
+        if failed.retry_after is not None:
+            if failed.retry_after > settings.max_retry_wait:
                 break  # the client hears the upstream's own Retry-After instead of waiting here
-            wait = max(wait, outcome.retry_after)
+            wait = max(wait, failed.retry_after)
         record.append({"wait_ms": round(wait * 1000, 1)})
         await asyncio.sleep(wait)
     assert failure is not None
@@ -150,6 +166,8 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
 
 
 class _Failed:
+    """What one round over the deployments learned, when none of them answered."""
+
     __slots__ = ("error", "retryable", "retry_after", "ready_in")
 
     def __init__(self) -> None:
@@ -157,32 +175,6 @@ class _Failed:
         self.retryable = False  # a later round might succeed
         self.retry_after: float | None = None  # the shortest Retry-After any deployment asked for
         self.ready_in = float("inf")  # when something skipped becomes tryable, if nothing was tried
-
-
-async def _one_round(ctx: RequestContext, attempt: Attempt[U], candidates: list[Target],
-                     record: list[dict[str, Any]]) -> U | _Failed:
-    state = ctx.runtime.routing
-    clock = state.clock
-    failed = _Failed()
-    deferred: list[tuple[Target, DeploymentState]] = []
-    for target in candidates:
-        deployment = state.deployment(target)
-        if not deployment.breaker.allow():
-            deferred.append((target, deployment))
-            continue
-        result = await _try(ctx, attempt, target, deployment, failed, record)
-        if not isinstance(result, _Failed):
-            return result
-    # Open breakers last, soonest to reopen first: never fail blind while one may work. One
-    # opened by an authentication failure is not tried: the key will not have changed.
-    for target, deployment in sorted(deferred, key=lambda item: item[1].breaker.retry_at):
-        if deployment.breaker.auth_failed:
-            failed.ready_in = min(failed.ready_in, deployment.breaker.retry_at - clock())
-            continue
-        result = await _try(ctx, attempt, target, deployment, failed, record)
-        if not isinstance(result, _Failed):
-            return result
-    return failed
 
 
 async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
