@@ -217,6 +217,55 @@ def test_an_auth_failure_opens_the_breaker_and_then_nothing_is_tried(make_gatewa
     assert httpx.get(gw.url + "/health").json()["providers"]["only"]["breakers"] == {"gpt-4o": "open"}
 
 
+def test_when_every_breaker_is_open_the_soonest_to_reopen_is_still_tried(make_gateway: Any, scripted: Any) -> None:
+    url_a, up_a = scripted(always=(500, {}))
+    url_b, up_b = scripted(always=(500, {}))
+    gw = make_gateway(providers={"a": provider(url_a, ["gpt-4o"]), "b": provider(url_b, ["gpt-4o"])},
+                      routing={"retries": 0, "breaker": {"failures": 2, "cooldown": 60}})
+    assert [chat(gw).status_code for _ in range(2)] == [500, 500]  # each tried twice: both open
+    health = httpx.get(gw.url + "/health").json()["providers"]
+    assert health["a"]["breakers"] == health["b"]["breakers"] == {"gpt-4o": "open"}
+    up_a.always = up_b.always = "ok"  # both recover within their cooldown
+    r = chat(gw)
+    assert r.status_code == 200  # not failed blind: the one that opened first was tried
+    assert (len(up_a.seen), len(up_b.seen)) == (3, 2)
+
+
+def test_a_connection_reset_before_any_answer_fails_over(make_gateway: Any, mock: MockUpstream) -> None:
+    import socket
+    import struct
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def reset_every_connection() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # RST, not FIN
+
+    threading.Thread(target=reset_every_connection, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        gw = make_gateway(providers={"resets": provider(url, ["gpt-4o"]),
+                                     "works": provider(mock.base_url_v1, ["gpt-4o"])})
+        assert chat(gw).status_code == 200
+        stream = sdk(gw).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        for row in gw.rows(2):
+            assert row["provider"] == "works"
+            assert [(a["provider"], a["outcome"]) for a in attempts(row)] == [("resets", "connection"), ("works", "ok")]
+    finally:
+        listener.close()
+
+
 # -- context length, routing modes ----------------------------------------------------------------
 
 def test_context_length_exceeded_falls_back_to_the_larger_model(make_gateway: Any, scripted: Any) -> None:
