@@ -202,6 +202,8 @@ def _deployments(config: Config, providers: dict[str, ProviderRuntime]) -> dict[
     for name, spec in config.models.items():
         if spec.deployments:
             models[name] = [target(providers[d.provider], d.model or name, d) for d in spec.deployments]
+    for targets in models.values():  # priority order (stable: ties keep config order)
+        targets.sort(key=lambda t: t.priority)
     return models
 
 

@@ -107,7 +107,7 @@ def test_least_latency_measures_unknown_deployments_first_then_prefers_the_faste
 def test_round_robin_rotates_per_model() -> None:
     rt = runtime(THREE)
     seen = [order("round-robin", context(rt), context(rt).candidates, rt.routing)[0].provider for _ in range(6)]
-    assert seen == ["a", "b", "c", "a", "b", "c"]
+    assert seen == ["b", "c", "a", "b", "c", "a"]  # the deployments in priority order, rotated
 
 
 def test_conditional_rules_pick_deployments_by_content_and_tags() -> None:

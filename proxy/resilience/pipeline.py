@@ -37,6 +37,7 @@ from proxy.tokens import estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from proxy.context import RequestContext, Target
+    from proxy.resilience.keys import KeyPool
     from proxy.resilience.state import DeploymentState
 
 __all__ = ["classify", "retry_after", "run"]
@@ -124,13 +125,40 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
     candidates = ctx.candidates
     if len(candidates) > 1:
         name = ctx.strategy or runtime.strategies.get(ctx.model or "") or settings.strategy
-        candidates = order(name, ctx, candidates, state)
+        if name != "priority":  # deployments are kept in priority order already
+            candidates = order(name, ctx, candidates, state)
     record: list[dict[str, Any]] = []
     failure: ProxyError | None = None
+    failed = _Failed()
+    tried: Target | None = None
+    first = candidates[0]
+    head = state.deployment(first)
+    if (head.breaker.state == "closed" and first.rpm is None and first.tpm is None
+            and len(runtime.providers[first.provider].api_keys) < 2):
+        # The common case, kept lean: a healthy first deployment with one key and no capacity.
+        ctx.target = first
+        ctx.key_index = 0
+        head.in_flight += 1
+        started = time.perf_counter()
+        try:
+            result = await attempt(first)
+        except ProxyError as exc:
+            await _on_failure(ctx, attempt, first, head, None, exc, started, failed, record)
+            tried = first
+        except BaseException:
+            head.in_flight -= 1
+            raise
+        else:
+            ctx.deployment = head  # its in-flight count and latency are settled when the request ends
+            return result
     for round_ in range(settings.retries + 1):
-        failed = _Failed()
+        if round_:
+            failed = _Failed()
         deferred: list[tuple[Target, DeploymentState]] | None = None
         for target in candidates:
+            if target is tried:  # already tried above, in this first round
+                tried = None
+                continue
             deployment = state.deployment(target)
             if not deployment.breaker.allow():
                 (deferred := deferred or []).append((target, deployment))
@@ -204,32 +232,7 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deploym
     try:
         result = await attempt(target)
     except ProxyError as exc:
-        deployment.end(None, None)
-        kind, outcome = classify(exc)
-        wait = retry_after(exc)
-        key_failed = pool is not None and kind in ("rate_limit", "auth")
-        if key_failed:  # this key's problem, not the deployment's: it rests, the next key goes now
-            settings = runtime.config.routing
-            pool.rest(ctx.key_index, settings.breaker.auth_cooldown if kind == "auth"
-                      else wait if wait is not None else settings.key_cooldown)
-            outcome = "neutral"
-        deployment.breaker.record(outcome)
-        record.append(_entry(target, exc.status, kind, started, exc.code or exc.type))
-        ctx.metadata["attempts"] = record  # the log row shows every attempt once one failed
-        if key_failed and deployment.breaker.allow():
-            return await _try(ctx, attempt, target, deployment, failed, record)
-        if kind == "context_length":
-            raise _ContextTooLong(exc) from None
-        if kind == "client":
-            raise
-        failed.error = exc
-        # Worth another round later: overloads, rate limits, server and connection errors. Not a
-        # bad key (it rests instead) nor a timeout: that already cost the client the whole wait.
-        if kind not in ("auth", "timeout") or key_failed:
-            failed.retryable = True
-        if wait is not None:
-            failed.retry_after = wait if failed.retry_after is None else min(failed.retry_after, wait)
-        return failed
+        return await _on_failure(ctx, attempt, target, deployment, pool, exc, started, failed, record)
     except BaseException:  # cancelled (the client left) or a bug: no verdict on the deployment
         deployment.end(None, None)
         deployment.breaker.release()
@@ -239,6 +242,39 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deploym
     if record:
         record.append(_entry(target, 200, "ok", started, None))
     return result
+
+
+async def _on_failure(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
+                      pool: KeyPool | None, exc: ProxyError, started: float, failed: _Failed,
+                      record: list[dict[str, Any]]) -> U | _Failed:
+    """Classify a failed attempt: rest its key, tell its breaker, record it, and say what next."""
+    runtime = ctx.runtime
+    deployment.end(None, None)
+    kind, outcome = classify(exc)
+    wait = retry_after(exc)
+    key_failed = pool is not None and kind in ("rate_limit", "auth")
+    if key_failed:  # this key's problem, not the deployment's: it rests, the next key goes now
+        settings = runtime.config.routing
+        pool.rest(ctx.key_index, settings.breaker.auth_cooldown if kind == "auth"
+                  else wait if wait is not None else settings.key_cooldown)
+        outcome = "neutral"
+    deployment.breaker.record(outcome)
+    record.append(_entry(target, exc.status, kind, started, exc.code or exc.type))
+    ctx.metadata["attempts"] = record  # the log row shows every attempt once one failed
+    if key_failed and deployment.breaker.allow():
+        return await _try(ctx, attempt, target, deployment, failed, record)
+    if kind == "context_length":
+        raise _ContextTooLong(exc) from None
+    if kind == "client":
+        raise exc
+    failed.error = exc
+    # Worth another round later: overloads, rate limits, server and connection errors. Not a
+    # bad key (it rests instead) nor a timeout: that already cost the client the whole wait.
+    if kind not in ("auth", "timeout") or key_failed:
+        failed.retryable = True
+    if wait is not None:
+        failed.retry_after = wait if failed.retry_after is None else min(failed.retry_after, wait)
+    return failed
 
 
 def _requested_tokens(ctx: RequestContext) -> int:

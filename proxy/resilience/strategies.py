@@ -5,7 +5,7 @@ has somewhere to go. Ties keep the configured order.
 
 - ``priority``: lowest ``priority`` first, then config order (the default).
 - ``weighted``: a weighted random order (each position drawn by weight, without replacement).
-- ``round-robin``: the configured order, rotated by one on every request for this model.
+- ``round-robin``: the deployments in priority order, rotated by one on every request for this model.
 - ``least-latency``: lowest EWMA latency first (time to first token for streams); a
   deployment with no sample yet goes first, so each one gets measured.
 - ``lowest-cost``: cheapest catalog price first (input + output per 1M tokens); unknown last.
