@@ -136,6 +136,7 @@ def test_models_outside_the_allow_list_are_refused(make_gateway: Any) -> None:
     rows = gw.rows(5)
     assert [r["status"] for r in rows] == [200, 200, 200, 403, 403]
     assert rows[3]["error_type"] == "invalid_request_error"
+    assert {m.id for m in client.models.list()} == {"gpt-4o", "gpt4", "fast"}  # what this key may use
 
 
 def test_tags_flow_into_the_request_log(gateway: Gateway) -> None:

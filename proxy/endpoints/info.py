@@ -43,8 +43,17 @@ async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
         if group.primary_use:
             entry["primary_use"] = group.primary_use
         data.append(entry)
+    allowed = ctx.client.allowed_models if ctx.client is not None else None
+    if allowed is not None:  # a key limited to some models sees those (and aliases of them) only
+        data = [d for d in data if d["id"] in allowed or _final(runtime.aliases, str(d["id"])) in allowed]
     ctx.status = 200
     await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+
+def _final(aliases: dict[str, str], name: str) -> str:
+    while name in aliases:
+        name = aliases[name]
+    return name
 
 
 def health(holder: RuntimeHolder):
