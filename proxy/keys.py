@@ -69,6 +69,9 @@ class StaticKeys:
     def lookup(self, key: str) -> ClientIdentity | None:
         return self._by_digest.get(hashlib.sha256(key.encode()).digest())
 
+    def by_digest(self, digest: bytes) -> ClientIdentity | None:
+        return self._by_digest.get(digest)
+
 
 def identity_of(key: ApiKey) -> ClientIdentity:
     """A database key's identity: its policy, read once per index rebuild."""
@@ -101,6 +104,9 @@ class DatabaseKeys:
 
     def lookup(self, key: str) -> ClientIdentity | None:
         return self._by_digest.get(hashlib.sha256(key.encode()).digest())
+
+    def by_digest(self, digest: bytes) -> ClientIdentity | None:
+        return self._by_digest.get(digest)
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -140,7 +146,7 @@ class CombinedKeys:
     the last key must not reopen the gateway to unauthenticated local clients).
     """
 
-    def __init__(self, static: KeyLookup, database: DatabaseKeys) -> None:
+    def __init__(self, static: StaticKeys, database: DatabaseKeys) -> None:
         self.static = static
         self.database = database
 
@@ -149,5 +155,6 @@ class CombinedKeys:
         return self.static.open and not self.database.any
 
     def lookup(self, key: str) -> ClientIdentity | None:
-        identity = self.static.lookup(key)
-        return identity if identity is not None else self.database.lookup(key)
+        digest = hashlib.sha256(key.encode()).digest()  # once, for both tables
+        identity = self.static.by_digest(digest)
+        return identity if identity is not None else self.database.by_digest(digest)

@@ -329,6 +329,33 @@ def test_round_robin_alternates_through_the_gateway(make_gateway: Any, mock: Moc
     assert [r["provider"] for r in gw.rows(6)] == ["a", "b", "c", "a", "b", "c"]
 
 
+def test_routing_off_is_a_plain_proxy_to_the_first_deployment(make_gateway: Any, scripted: Any) -> None:
+    url_a, up_a = scripted(always=(500, {}))
+    url_b, up_b = scripted()
+    gw = make_gateway(providers={"a": provider(url_a, ["gpt-4o"]), "b": provider(url_b, ["gpt-4o"])},
+                      routing={"enabled": False})
+    assert [chat(gw).status_code for _ in range(3)] == [500, 500, 500]  # no failover, no retry
+    assert (len(up_a.seen), len(up_b.seen)) == (3, 0)
+    assert "breakers" not in httpx.get(gw.url + "/health").json()["providers"]["a"]
+
+
+def test_routing_state_shows_breakers_load_and_latency(make_gateway: Any, mock: MockUpstream) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    gw = make_gateway(providers={"dead": provider(dead, ["gpt-4o"]),
+                                 "alive": provider(mock.base_url_v1, ["gpt-4o", "gpt-4o-mini"])})
+    for _ in range(6):
+        assert chat(gw).status_code == 200
+    r = httpx.get(gw.url + "/api/routing", headers={"authorization": f"Bearer {MASTER_KEY}"})
+    assert r.status_code == 200
+    state = {(d["model"], d["provider"]): d for d in r.json()["deployments"]}
+    assert state[("gpt-4o", "dead")]["breaker"] == "open"
+    alive = state[("gpt-4o", "alive")]
+    assert alive["breaker"] == "closed" and alive["in_flight"] == 0 and alive["latency_ms"] > 0
+    unused = state[("gpt-4o-mini", "alive")]  # never asked for: reported idle, no state made for it
+    assert (unused["breaker"], unused["in_flight"], unused["latency_ms"]) == ("closed", 0, None)
+    assert gw.runtime.routing.known(gw.runtime.models["gpt-4o-mini"][0]) is None
+
+
 # -- reload ---------------------------------------------------------------------------------------
 
 def test_reload_keeps_breakers_of_unchanged_deployments(make_gateway: Any, mock: MockUpstream,

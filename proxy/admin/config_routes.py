@@ -33,13 +33,13 @@ async def routing_state(request: Request) -> Response:
     deployments = []
     for model, targets in sorted(runtime.models.items()):
         for t in targets:
-            d = state.deployment(t)
+            d = state.known(t)  # a deployment never used has no state yet: closed, idle, unmeasured
             deployments.append({
                 "model": model, "provider": t.provider, "upstream_model": t.model, "weight": t.weight,
                 "priority": t.priority, "tags": sorted(t.tags), "rpm": t.rpm, "tpm": t.tpm,
-                "breaker": d.breaker.state, "in_flight": d.in_flight,
-                "latency_ms": None if d.latency_ms is None else round(d.latency_ms, 2),
-                "ttft_ms": None if d.ttft_ms is None else round(d.ttft_ms, 2),
+                "breaker": d.breaker.state if d else "closed", "in_flight": d.in_flight if d else 0,
+                "latency_ms": None if d is None or d.latency_ms is None else round(d.latency_ms, 2),
+                "ttft_ms": None if d is None or d.ttft_ms is None else round(d.ttft_ms, 2),
             })
     return _json({"mode": runtime.config.routing.mode, "strategy": runtime.config.routing.strategy,
                   "deployments": deployments})

@@ -138,15 +138,15 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
         # The common case, kept lean: a healthy first deployment with one key and no capacity.
         ctx.target = first
         ctx.key_index = 0
-        head.in_flight += 1
+        head.begin()
         started = time.perf_counter()
         try:
             result = await attempt(first)
         except ProxyError as exc:
             await _on_failure(ctx, attempt, first, head, None, exc, started, failed, record)
             tried = first
-        except BaseException:
-            head.in_flight -= 1
+        except BaseException:  # cancelled (the client left) or a bug: no verdict on the deployment
+            head.end(None, None)
             raise
         else:
             ctx.deployment = head  # its in-flight count and latency are settled when the request ends

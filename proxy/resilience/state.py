@@ -93,6 +93,10 @@ class RoutingState:
             state = self._deployments[key] = DeploymentState(breaker, self.clock)
         return state
 
+    def known(self, target: Target) -> DeploymentState | None:
+        """A deployment's state if it has served or been ordered; None, without making one."""
+        return self._deployments.get((target.provider, target.model))
+
     def key_pool(self, provider: str, keys: tuple[str, ...]) -> KeyPool:
         pool = self.key_pools.get(provider)
         if pool is None or pool.keys != keys:
