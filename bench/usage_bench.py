@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from proxy.store import DAY, LOG_COLUMNS, UsageRollup, open_database, write_rows  # noqa: E402
-from proxy.usage import Filters, breakdown, list_logs, summary, timeseries  # noqa: E402
+from llm_proxy.storage.request_log import DAY, LOG_COLUMNS, UsageRollup, open_database, write_rows  # noqa: E402
+from llm_proxy.storage.usage_queries import Filters, breakdown, list_logs, summary, timeseries  # noqa: E402
 
 # The log ends at a ragged time (not on an hour) so that queries read hourly edges as well as whole days.
 END = datetime(2026, 11, 1, 13, 20, tzinfo=UTC).timestamp()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.body import parse_json_object, read_body, replay
-from proxy.context import get_context
-from proxy.errors import bad_request
+from llm_proxy.core.body import parse_json_object, read_body, replay
+from llm_proxy.core.context import get_context
+from llm_proxy.core.errors import bad_request
 
 __all__ = ["AliasMiddleware"]
 

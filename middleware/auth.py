@@ -13,8 +13,8 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import ClientIdentity, get_context
-from proxy.errors import ProxyError
+from llm_proxy.core.context import ClientIdentity, get_context
+from llm_proxy.core.errors import ProxyError
 
 __all__ = ["AuthMiddleware"]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.asgi import header
-from proxy.context import RequestContext, Target, get_context
-from proxy.errors import ProxyError
-from proxy.groups import facts_from
-from proxy.telemetry import finish_request, price
+from llm_proxy.core.context import RequestContext, Target, get_context
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.scope import header
+from llm_proxy.routing.groups import facts_from
+from llm_proxy.runtime.request_end import finish_request, price
 
 __all__ = ["GroupRoutingMiddleware", "classify_via_gateway", "resolve_targets"]
 
@@ -53,7 +53,7 @@ async def classify_via_gateway(ctx: RequestContext, model: str, prompt: str) -> 
     The call is a request of its own: one request-log row (endpoint ``classifier``) with
     its tokens and cost, sharing the client's request id as a prefix.
     """
-    from proxy.dispatch import complete_chat  # the dispatch step sits below the chain
+    from llm_proxy.upstream.dispatch import complete_chat  # the dispatch step sits below the chain
 
     sub = RequestContext(ctx.request_id + ".classifier", ctx.runtime, "classifier")
     sub.client = ctx.client

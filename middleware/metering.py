@@ -13,8 +13,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import get_context
-from proxy.telemetry import price
+from llm_proxy.core.context import get_context
+from llm_proxy.runtime.request_end import price
 
 __all__ = ["MeteringMiddleware"]
 

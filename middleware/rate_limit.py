@@ -4,7 +4,7 @@ Sits after group routing, so the requested name, the group and the resolved mode
 Config keys carry no policy and pass with one attribute check (``client.metered``), which
 keeps the gateway's throughput where it was. For a database key, every check and every
 reservation happens without an ``await`` in between (exact under concurrency, see
-``proxy.limits``); when the response has ended — stream finished, client gone or upstream
+``llm_proxy.access.rate_windows``); when the response has ended — stream finished, client gone or upstream
 failed — the ``finally`` below corrects the token reservation to the real usage and
 charges the key's ledger with ``ctx.cost``, which the metering layer (inside this one)
 has set by then, partial streams included.
@@ -20,11 +20,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import ClientIdentity, RequestContext, Usage, get_context
-from proxy.errors import ProxyError
-from proxy.limits import RateLimiter, token_estimate
-from proxy.spend import SpendLedger
-from proxy.telemetry import price
+from llm_proxy.access.rate_windows import RateLimiter, token_estimate
+from llm_proxy.access.spend_ledger import SpendLedger
+from llm_proxy.core.context import ClientIdentity, RequestContext, Usage, get_context
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.runtime.request_end import price
 
 __all__ = ["RateLimitMiddleware", "model_allowed"]
 

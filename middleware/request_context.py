@@ -16,13 +16,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy import metrics
-from proxy.asgi import endpoint_name, header, route_path
-from proxy.context import SCOPE_KEY, RequestContext
-from proxy.errors import ProxyError, send_error
-from proxy.inbound.anthropic_messages import error_body as anthropic_error_body
-from proxy.runtime import RuntimeHolder
-from proxy.telemetry import finish_request
+from llm_proxy.core import metrics
+from llm_proxy.core.context import SCOPE_KEY, RequestContext
+from llm_proxy.core.errors import ProxyError, send_error
+from llm_proxy.core.scope import endpoint_name, header, route_path
+from llm_proxy.inbound.anthropic_messages import error_body as anthropic_error_body
+from llm_proxy.runtime.request_end import finish_request
+from llm_proxy.runtime.snapshot import RuntimeHolder
 
 __all__ = ["RequestContextMiddleware"]
 

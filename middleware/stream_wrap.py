@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.context import get_context
+from llm_proxy.core.context import get_context
 
 __all__ = ["StreamWrapMiddleware"]
 

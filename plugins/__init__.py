@@ -1,12 +1,12 @@
-"""Request plugins: the contract lives in ``plugins.registry``; importing this package
+"""Request plugins: the contract lives in ``llm_proxy.plugins.registry``; importing this package
 registers the built-ins, so config validation knows their names.
 """
 
 from __future__ import annotations
 
-from plugins.english_system_prompt import EnglishSystemPrompt
-from plugins.max_tokens_cap import MaxTokensCap
-from plugins.registry import (
+from llm_proxy.plugins.english_system_prompt import EnglishSystemPrompt
+from llm_proxy.plugins.max_tokens_cap import MaxTokensCap
+from llm_proxy.plugins.registry import (
     STAGES,
     Plugin,
     PluginChain,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugins._checks import check_str_list, unknown_keys
-from plugins.registry import Plugin, register
-from proxy.context import RequestContext
+from llm_proxy.core.context import RequestContext
+from llm_proxy.plugins._checks import check_str_list, unknown_keys
+from llm_proxy.plugins.registry import Plugin, register
 
 __all__ = ["DEFAULT_TEXT", "EnglishSystemPrompt"]
 

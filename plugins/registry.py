@@ -12,8 +12,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from proxy.context import RequestContext
-from proxy.errors import ProxyError
+from llm_proxy.core.context import RequestContext
+from llm_proxy.core.errors import ProxyError
 
 __all__ = [
     "STAGES",

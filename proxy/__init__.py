@@ -7,9 +7,9 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "create_app"]
 
 
-def __getattr__(name: str):  # keep `import proxy.config` light; the app pulls in everything
+def __getattr__(name: str):  # keep `import llm_proxy.core.config` light; the app pulls in everything
     if name == "create_app":
-        from proxy.app import create_app
+        from llm_proxy.app import create_app
 
         return create_app
     raise AttributeError(name)

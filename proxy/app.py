@@ -18,30 +18,30 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from middleware.alias import AliasMiddleware
-from middleware.auth import AuthMiddleware
-from middleware.group_routing import GroupRoutingMiddleware
-from middleware.metering import MeteringMiddleware
-from middleware.rate_limit import RateLimitMiddleware
-from middleware.request_context import RequestContextMiddleware
-from middleware.stream_wrap import StreamWrapMiddleware
-from proxy.accounts.clients import ClientStore
-from proxy.accounts.overlay import OverlaySource, OverlayStore
-from proxy.accounts.secrets import ProviderSecretStore
-from proxy.admin.routes import admin_app
-from proxy.config import Config, ConfigError, default_config_path
-from proxy.context import get_context
-from proxy.endpoints.chat import chat_completions
-from proxy.endpoints.embeddings import create_embeddings
-from proxy.endpoints.images import generate_images
-from proxy.endpoints.info import health, list_models, metrics_endpoint
-from proxy.endpoints.messages import count_tokens, messages
-from proxy.endpoints.responses import responses
-from proxy.errors import error_body
-from proxy.keys import CombinedKeys, DatabaseKeys
-from proxy.limits import RateLimiter
-from proxy.runtime import Runtime, RuntimeHolder, check_config
-from proxy.spend import SpendLedger
+from llm_proxy.access.key_lookup import CombinedKeys, DatabaseKeys
+from llm_proxy.access.rate_windows import RateLimiter
+from llm_proxy.access.spend_ledger import SpendLedger
+from llm_proxy.accounts.client_keys import ClientStore
+from llm_proxy.accounts.provider_secrets import ProviderSecretStore
+from llm_proxy.admin.routes import admin_app
+from llm_proxy.core.config import Config, ConfigError, default_config_path
+from llm_proxy.core.context import get_context
+from llm_proxy.core.errors import error_body
+from llm_proxy.endpoints.chat import chat_completions
+from llm_proxy.endpoints.embeddings import create_embeddings
+from llm_proxy.endpoints.images import generate_images
+from llm_proxy.endpoints.info import health, list_models, metrics_endpoint
+from llm_proxy.endpoints.messages import count_tokens, messages
+from llm_proxy.endpoints.responses import responses
+from llm_proxy.middleware.alias import AliasMiddleware
+from llm_proxy.middleware.auth import AuthMiddleware
+from llm_proxy.middleware.group_routing import GroupRoutingMiddleware
+from llm_proxy.middleware.metering import MeteringMiddleware
+from llm_proxy.middleware.rate_limit import RateLimitMiddleware
+from llm_proxy.middleware.request_context import RequestContextMiddleware
+from llm_proxy.middleware.stream_wrap import StreamWrapMiddleware
+from llm_proxy.runtime.overlay import OverlaySource, OverlayStore
+from llm_proxy.runtime.snapshot import Runtime, RuntimeHolder, check_config
 
 __all__ = ["create_app", "middleware_stack"]
 

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import sys
 
-from proxy.config import ConfigError, default_config_path
+from llm_proxy.core.config import ConfigError, default_config_path
 
 __all__ = ["main"]
 
@@ -26,8 +26,8 @@ def _is_loopback(host: str) -> bool:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from proxy.app import create_app
-    from proxy.runtime import check_config
+    from llm_proxy.app import create_app
+    from llm_proxy.runtime.snapshot import check_config
 
     config = check_config(args.config)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from proxy.runtime import Runtime, check_config
+    from llm_proxy.runtime.snapshot import Runtime, check_config
 
     config = check_config(args.config)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
@@ -66,8 +66,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _reset_admin(args: argparse.Namespace) -> int:
-    from proxy.accounts.users import DEFAULT_ADMIN, DEFAULT_ADMIN_PASSWORD, UserStore
-    from proxy.config import load_config
+    from llm_proxy.accounts.users import DEFAULT_ADMIN, DEFAULT_ADMIN_PASSWORD, UserStore
+    from llm_proxy.core.config import load_config
 
     path = load_config(args.config).database.path
     users = UserStore(path)
@@ -85,8 +85,8 @@ def _keys(args: argparse.Namespace) -> int:
     """``keys create|list|revoke`` on the database named by the config; a running gateway sees it within ~2 s."""
     import json
 
-    from proxy.accounts.clients import ClientStore, ClientStoreError
-    from proxy.config import load_config
+    from llm_proxy.accounts.client_keys import ClientStore, ClientStoreError
+    from llm_proxy.core.config import load_config
 
     store = ClientStore(load_config(args.config).database.path)
     try:

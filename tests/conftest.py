@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from proxy.app import create_app
-from proxy.config import parse_config
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.app import create_app
+from llm_proxy.core.config import parse_config
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 MASTER_KEY = "sk-test-master-0123456789"
 CLIENT_KEY = "sk-test-client-0123456789"

@@ -18,11 +18,11 @@ import pytest
 import yaml
 from conftest import MASTER_KEY
 
-from proxy.accounts.passwords import ScryptCost, hash_password, needs_rehash, verify_password
-from proxy.accounts.sessions import COOKIE_NAME, SessionStore
-from proxy.accounts.throttle import LoginThrottle
-from proxy.accounts.users import User, UserStore
-from proxy.cli import main as cli_main
+from llm_proxy.accounts.login_throttle import LoginThrottle
+from llm_proxy.accounts.passwords import ScryptCost, hash_password, needs_rehash, verify_password
+from llm_proxy.accounts.sessions import COOKIE_NAME, SessionStore
+from llm_proxy.accounts.users import User, UserStore
+from llm_proxy.cli import main as cli_main
 
 NEW_PASSWORD = "correct-horse-battery-9"
 CHEAP = ScryptCost(n=2**4, r=1, p=1)

@@ -16,10 +16,10 @@ from conftest import CLIENT_KEY, MASTER_KEY, UPSTREAM_KEY, Gateway, free_port, g
 from cryptography.fernet import Fernet
 from openai import OpenAI
 
-from proxy.accounts.overlay import ModelOverride, Overlay, apply_overlay
-from proxy.accounts.secrets import ProviderSecretStore, SecretBox, mask
-from proxy.config import parse_config
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.accounts.provider_secrets import ProviderSecretStore, SecretBox, mask
+from llm_proxy.core.config import parse_config
+from llm_proxy.runtime.overlay import ModelOverride, Overlay, apply_overlay
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 STORED_KEY = "sk-proj-STORED-provider-key-5d2e8a7b1c"
 TIMEOUTS = {"connect": 1, "read": 5, "total": 10}

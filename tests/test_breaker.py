@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 from conftest import CLIENT_KEY, free_port
 
-from proxy.config import BreakerConfig
-from proxy.errors import ProxyError
-from proxy.resilience.breaker import Breaker
-from proxy.resilience.pipeline import classify
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.core.config import BreakerConfig
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.routing.breaker import Breaker
+from llm_proxy.routing.pipeline import classify
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 
 class Clock:

@@ -19,12 +19,12 @@ import openai
 import pytest
 from conftest import MASTER_KEY, Gateway, gateway_config
 
-from proxy.catalog import Catalog
-from proxy.context import ClientIdentity
-from proxy.errors import ProxyError
-from proxy.spend import SpendLedger
-from proxy.testing.mock_upstream import MockUpstream
-from proxy.transport import AiohttpTransport
+from llm_proxy.access.spend_ledger import SpendLedger
+from llm_proxy.core.catalog import Catalog
+from llm_proxy.core.context import ClientIdentity
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.upstream.transport import AiohttpTransport
 
 ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
 CATALOG = Catalog.load()

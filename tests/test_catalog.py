@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from proxy.catalog import CREATOR_PRIORITY, Catalog, Price
-from proxy.context import Usage
+from llm_proxy.core.catalog import CREATOR_PRIORITY, Catalog, Price
+from llm_proxy.core.context import Usage
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "config.yaml"
 SCRIPT = Path(sys.executable).parent / "llm-proxy"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "proxy.cli"]
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "llm_proxy.cli"]
 SECRET = "sk-secret-upstream-xyz"
 MASTER = "sk-cli-master-0123456789"
 BINDING_WARNING = "binding 127.0.0.1 instead of"

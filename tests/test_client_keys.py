@@ -23,10 +23,10 @@ import pytest
 import yaml
 from conftest import CLIENT_KEY, MASTER_KEY, Gateway, gateway_config, wait_until
 
-from proxy.accounts.clients import ClientStore, hash_key
-from proxy.app import create_app
-from proxy.config import parse_config
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.accounts.client_keys import ClientStore, hash_key
+from llm_proxy.app import create_app
+from llm_proxy.core.config import parse_config
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def test_a_database_key_closes_an_open_gateway(make_gateway: Any) -> None:
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PROXY")}
-    return subprocess.run([sys.executable, "-m", "proxy.cli", "keys", *args, "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "llm_proxy.cli", "keys", *args, "--config", str(config)],
                           capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 from conftest import CLIENT_KEY, Gateway
 
-from proxy.testing.mock_upstream import MockUpstream
-from proxy.transport import AiohttpTransport
+from llm_proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.upstream.transport import AiohttpTransport
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 

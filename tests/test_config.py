@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import ConfigError, load_config, parse_config
-from proxy.runtime import Runtime
+from llm_proxy.core.config import ConfigError, load_config, parse_config
+from llm_proxy.runtime.snapshot import Runtime
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config.yaml"
 CLOUD_KEYS = {

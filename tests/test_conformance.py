@@ -24,11 +24,11 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.config import ProviderConfig
-from proxy.context import Usage
-from proxy.providers import NATIVE_FORMATS, translator
-from proxy.providers.openai import ChatStreamMeter, parse_chat_response, upstream_error, usage_from
-from proxy.sse import SSEDecoder
+from llm_proxy.core.config import ProviderConfig
+from llm_proxy.core.context import Usage
+from llm_proxy.core.sse import SSEDecoder
+from llm_proxy.providers import NATIVE_FORMATS, translator
+from llm_proxy.providers.openai import ChatStreamMeter, parse_chat_response, upstream_error, usage_from
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 MODEL = "conformance-model"

@@ -1,6 +1,6 @@
 """End to end through the official ``openai`` SDK: client → gateway (uvicorn) → mock upstream.
 
-What the mock sends is fixed by its documented rules (``proxy.testing.mock_upstream``), so
+What the mock sends is fixed by its documented rules (``llm_proxy.testing.mock_upstream``), so
 every content, token count and price below is computed by hand from those rules and the
 catalog prices, never read back from the gateway.
 """
@@ -18,8 +18,8 @@ import openai
 import pytest
 from conftest import CLIENT_KEY, MASTER_KEY, UPSTREAM_KEY, Gateway
 
-from proxy.keys import key_id
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.access.key_lookup import key_id
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 CONTENT = "Hello from the mock upstream."
 REASONING = "Let me think it through."

@@ -16,7 +16,7 @@ import openai
 import pytest
 from conftest import CLIENT_KEY, MASTER_KEY, UPSTREAM_KEY, Gateway, free_port
 
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 CHAT = "/v1/chat/completions"
 TRACEBACK_MARKERS = ("Traceback", 'File "', "most recent call last")
@@ -327,7 +327,7 @@ def test_upstream_error_status_and_body_kept(
     etype: str,
     code: str | None,
 ) -> None:
-    from proxy.testing.mock_payloads import error_json
+    from llm_proxy.testing.mock_payloads import error_json
 
     with pytest.raises(exc_class) as info:
         client.chat.completions.create(model="deepseek-chat", messages=user(f"hi\n#mock status={status}"))

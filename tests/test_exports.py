@@ -7,20 +7,23 @@ import pkgutil
 
 import pytest
 
-import middleware
-import plugins
-import proxy
+import llm_proxy
+import llm_proxy.middleware
+import llm_proxy.plugins
 
-MODULES = sorted(
+# The middleware and plugins folders install under llm_proxy from folders of their own, so an
+# editable install does not show them inside llm_proxy's own folder: walk each root.
+MODULES = sorted({
     info.name
-    for package in (proxy, middleware, plugins)
+    for package in (llm_proxy, llm_proxy.middleware, llm_proxy.plugins)
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
     if not info.ispkg and not info.name.split(".")[-1].startswith("_")
-)
+})
 
 
 def test_modules_found() -> None:
-    assert {"proxy.app", "proxy.config", "middleware.auth", "plugins.registry"} <= set(MODULES)
+    assert {"llm_proxy.app", "llm_proxy.core.config", "llm_proxy.middleware.auth",
+            "llm_proxy.plugins.registry"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,8 +12,8 @@ import openai
 import pytest
 from conftest import CLIENT_KEY, Gateway, free_port
 
-from proxy.store import LOG_COLUMNS, open_database
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.storage.request_log import LOG_COLUMNS, open_database
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 
 def two_deployments(mock: MockUpstream, first_url: str) -> dict[str, Any]:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from proxy.config import GroupConfig, RuleConfig
-from proxy.groups import (
+from llm_proxy.core.config import GroupConfig, RuleConfig
+from llm_proxy.core.tokens import estimate_prompt_tokens
+from llm_proxy.routing.groups import (
     MAX_DEPTH,
     GroupResolutionError,
     GroupResolver,
@@ -17,7 +18,6 @@ from proxy.groups import (
     facts_from,
     validate_groups,
 )
-from proxy.tokens import estimate_prompt_tokens
 
 TARGETS = ("small", "medium", "large")
 MODELS = {"small", "medium", "large", "deepseek-v4-pro", "qwen-fast", "selector"}
@@ -331,7 +331,7 @@ def test_classifier_cache_hit_and_expiry() -> None:
 
 
 def test_classifier_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import proxy.groups as groups_mod
+    import llm_proxy.routing.groups as groups_mod
 
     monkeypatch.setattr(groups_mod, "CACHE_MAX_ENTRIES", 3)
     r = GroupResolver({"g": classifier()}, clock=lambda: 0.0)

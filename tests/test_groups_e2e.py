@@ -11,8 +11,8 @@ import openai
 import pytest
 from conftest import CLIENT_KEY, Gateway, gateway_config, read_body, serve_asgi
 
-from proxy.config import ConfigError, parse_config
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.core.config import ConfigError, parse_config
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 
 class Judge:

@@ -16,9 +16,9 @@ import pytest
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
-from proxy.context import Usage
-from proxy.errors import ProxyError
-from proxy.inbound.anthropic_messages import (
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.inbound.anthropic_messages import (
     EventStream,
     count_tokens,
     error_body,

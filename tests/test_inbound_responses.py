@@ -17,9 +17,9 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from proxy.context import Usage
-from proxy.errors import ProxyError
-from proxy.inbound.responses import EventStream, from_chat, to_chat
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.inbound.responses import EventStream, from_chat, to_chat
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 EVENT = TypeAdapter(ResponseStreamEvent)

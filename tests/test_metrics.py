@@ -17,7 +17,7 @@ import httpx
 from conftest import CLIENT_KEY, Gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

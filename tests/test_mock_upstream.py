@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 CHAT = "/chat/completions"
 

@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from proxy.app import create_app
-from proxy.config import parse_config
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.app import create_app
+from llm_proxy.core.config import parse_config
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 
 async def home(request: Request) -> PlainTextResponse:
@@ -237,8 +237,8 @@ SCRIPT = textwrap.dedent(
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    from proxy.app import create_app
-    from proxy.config import parse_config
+    from llm_proxy.app import create_app
+    from llm_proxy.core.config import parse_config
 
     config, key = json.loads(sys.argv[1]), sys.argv[2]
     gateway = create_app(parse_config(config, {}))

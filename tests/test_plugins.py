@@ -13,12 +13,12 @@ import pytest
 
 # Submodules, not the package: until the editable install is refreshed, ``plugins`` may resolve
 # as a namespace package (it was installed while empty) and ``plugins/__init__.py`` won't run.
-import plugins.registry as registry_module
-from plugins.english_system_prompt import EnglishSystemPrompt
-from plugins.max_tokens_cap import MaxTokensCap
-from plugins.registry import Plugin, PluginChain, Registry, Reject, validate_specs
-from proxy.context import RequestContext, Target
-from proxy.errors import ProxyError
+import llm_proxy.plugins.registry as registry_module
+from llm_proxy.core.context import RequestContext, Target
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.plugins.english_system_prompt import EnglishSystemPrompt
+from llm_proxy.plugins.max_tokens_cap import MaxTokensCap
+from llm_proxy.plugins.registry import Plugin, PluginChain, Registry, Reject, validate_specs
 
 SECRET = "my-very-private-prompt-text"
 
@@ -112,9 +112,7 @@ def test_builtins_registered() -> None:
 
 
 def test_package_exports_public_api() -> None:
-    pkg = importlib.import_module("plugins")
-    if getattr(pkg, "__file__", None) is None:
-        pytest.skip("stale editable install maps 'plugins' as a namespace package: run `pip install -e .`")
+    pkg = importlib.import_module("llm_proxy.plugins")
     assert set(pkg.__all__) >= {"Plugin", "PluginChain", "Reject", "register", "validate_specs"}
     assert pkg.PluginChain is PluginChain
     assert pkg.EnglishSystemPrompt is EnglishSystemPrompt

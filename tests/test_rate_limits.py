@@ -15,11 +15,11 @@ import openai
 import pytest
 from conftest import CLIENT_KEY, MASTER_KEY, Gateway
 
-from proxy.context import ClientIdentity
-from proxy.errors import ProxyError
-from proxy.limits import PERIOD, RateLimiter, duration
-from proxy.testing.mock_upstream import MockUpstream
-from proxy.transport import AiohttpTransport
+from llm_proxy.access.rate_windows import PERIOD, RateLimiter, duration
+from llm_proxy.core.context import ClientIdentity
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.upstream.transport import AiohttpTransport
 
 ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
 RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")

@@ -1,4 +1,4 @@
-"""proxy.remote_images against a tiny HTTP server on 127.0.0.1: SSRF checks, limits, inlining.
+"""llm_proxy.upstream.remote_images against a tiny HTTP server on 127.0.0.1: SSRF checks, limits, inlining.
 
 Nothing here may reach an address other than 127.0.0.1: every fetcher's transport is wrapped in
 a guard that fails the test if asked to connect anywhere else, and refused URLs are refused
@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.config import ImagesConfig
-from proxy.errors import ProxyError
-from proxy.remote_images import MAX_IMAGES, ImageFetcher, _forbidden
-from proxy.transport import AiohttpTransport
+from llm_proxy.core.config import ImagesConfig
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.upstream.remote_images import MAX_IMAGES, ImageFetcher, _forbidden
+from llm_proxy.upstream.transport import AiohttpTransport
 
 # a real 1x1 transparent PNG
 PNG = base64.b64decode(

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from conftest import CLIENT_KEY, MASTER_KEY, Gateway, free_port, read_body, serve_asgi
 
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 TIMEOUTS = {"connect": 1, "read": 5, "total": 10}
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import MASTER_KEY
 from cryptography.fernet import Fernet
 
-from proxy.accounts.secrets import ProviderSecretStore, SecretBox, SecretsUnavailable, mask
+from llm_proxy.accounts.provider_secrets import ProviderSecretStore, SecretBox, SecretsUnavailable, mask
 
 SECRET = "sk-proj-PLAINTEXT-provider-key-7f3a9c1e5b"
 

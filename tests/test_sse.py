@@ -5,7 +5,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy.sse import SSEDecoder, SSEEvent, encode_event
+from llm_proxy.core.sse import SSEDecoder, SSEEvent, encode_event
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ConfigError, parse_config
-from proxy.context import ClientIdentity, RequestContext
-from proxy.resilience.strategies import STRATEGIES, order
-from proxy.runtime import Runtime
+from llm_proxy.core.config import ConfigError, parse_config
+from llm_proxy.core.context import ClientIdentity, RequestContext
+from llm_proxy.routing.strategies import STRATEGIES, order
+from llm_proxy.runtime.snapshot import Runtime
 
 
 def runtime(models: dict[str, Any] | None = None, **providers: dict[str, Any]) -> Runtime:

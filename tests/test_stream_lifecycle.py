@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from conftest import CLIENT_KEY, Gateway, gateway_config
 
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 from conftest import CLIENT_KEY, FIXTURES, Gateway, gateway_config, read_body, serve_asgi
 
-from proxy.testing.mock_upstream import MockUpstream
+from llm_proxy.testing.mock_upstream import MockUpstream
 
 WEATHER_TOOL = {"name": "get_weather", "description": "Weather for a city",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}

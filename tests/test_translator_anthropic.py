@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.context import Usage
-from proxy.errors import ProxyError
-from proxy.providers.anthropic import StreamDecoder, build_request, parse_error, parse_response
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.providers.anthropic import StreamDecoder, build_request, parse_error, parse_response
 
 FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic"
 MODEL = "claude-sonnet-4-5"

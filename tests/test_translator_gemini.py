@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.errors import ProxyError
-from proxy.providers import gemini
-from proxy.providers.gemini import StreamDecoder, build_request, parse_error, parse_response
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.providers import gemini
+from llm_proxy.providers.gemini import StreamDecoder, build_request, parse_error, parse_response
 
 FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gemini"
 KEY = "AIza-secret-key"

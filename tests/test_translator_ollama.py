@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.errors import ProxyError
-from proxy.providers import ollama
-from proxy.providers.base import UpstreamCall
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.wire import UpstreamCall
+from llm_proxy.providers import ollama
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ollama"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"

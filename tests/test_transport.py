@@ -1,4 +1,4 @@
-"""proxy.transport against a tiny local HTTP/1.1 server: wire format, streaming, timeouts, errors.
+"""llm_proxy.upstream.transport against a tiny local HTTP/1.1 server: wire format, streaming, timeouts, errors.
 
 The server is a raw asyncio one so each test controls exactly what goes on the wire (pauses,
 truncation, missing responses) and sees what the client sent and from which connection.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from proxy.transport import AiohttpTransport, _client_timeout
+from llm_proxy.upstream.transport import AiohttpTransport, _client_timeout
 
 
 @dataclass

@@ -19,9 +19,17 @@ import httpx
 import pytest
 from conftest import CLIENT_KEY, MASTER_KEY, Gateway, wait_until
 
-from proxy.admin import usage_routes
-from proxy.store import DAY, HOUR, LOG_COLUMNS, RequestLogWriter, UsageRollup, open_database, write_rows
-from proxy.usage import Filters, breakdown, list_logs, percentile, summary, timeseries
+from llm_proxy.admin import usage_routes
+from llm_proxy.storage.request_log import (
+    DAY,
+    HOUR,
+    LOG_COLUMNS,
+    RequestLogWriter,
+    UsageRollup,
+    open_database,
+    write_rows,
+)
+from llm_proxy.storage.usage_queries import Filters, breakdown, list_logs, percentile, summary, timeseries
 
 
 def _load_bench() -> Any:

@@ -27,9 +27,9 @@ from typing import Any
 import sqlite_utils
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 
-from proxy.accounts.passwords import DEFAULT_COST, ScryptCost
-from proxy.accounts.storage import SqliteStore
-from proxy.accounts.users import User, ensure_users_table
+from llm_proxy.accounts.passwords import DEFAULT_COST, ScryptCost
+from llm_proxy.accounts.users import User, ensure_users_table
+from llm_proxy.storage.sqlite import SqliteStore
 
 __all__ = ["COOKIE_NAME", "SESSION_MAX_AGE", "Session", "SessionStore", "session_secret"]
 

@@ -20,8 +20,14 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from proxy.accounts.passwords import DEFAULT_COST, ScryptCost, hash_password, needs_rehash, verify_password
-from proxy.accounts.storage import SqliteStore
+from llm_proxy.accounts.passwords import (
+    DEFAULT_COST,
+    ScryptCost,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
+from llm_proxy.storage.sqlite import SqliteStore
 
 __all__ = [
     "DEFAULT_ADMIN",

@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.errors import error_body
-from proxy.runtime import RuntimeHolder
+from llm_proxy.core.errors import error_body
+from llm_proxy.runtime.snapshot import RuntimeHolder
 
 __all__ = [
     "AdminError",

@@ -14,10 +14,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounts.sessions import COOKIE_NAME, Session, SessionStore
-from proxy.accounts.throttle import LoginThrottle
-from proxy.accounts.users import MAX_PASSWORD, AccountError, User, UserStore
-from proxy.admin.api import (
+from llm_proxy.accounts.login_throttle import LoginThrottle
+from llm_proxy.accounts.sessions import COOKIE_NAME, Session, SessionStore
+from llm_proxy.accounts.users import MAX_PASSWORD, AccountError, User, UserStore
+from llm_proxy.admin.api import (
     AdminError,
     AdminRoute,
     Principal,
@@ -28,7 +28,7 @@ from proxy.admin.api import (
     read_json,
     store,
 )
-from proxy.admin.users_routes import admin_error
+from llm_proxy.admin.users_routes import admin_error
 
 __all__ = ["ROUTES", "authenticate"]
 

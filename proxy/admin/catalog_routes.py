@@ -1,6 +1,6 @@
 """``/providers``, ``/models``, ``/groups``: what is served and at what price, changed at runtime.
 
-Every change is stored as an overlay on config.yaml (``proxy.accounts.overlay``), checked
+Every change is stored as an overlay on config.yaml (``llm_proxy.runtime.overlay``), checked
 with the config file's own validation before it is stored (400 with every error, nothing
 written), then applied at once by rebuilding the runtime from the last file config: breakers
 of unchanged deployments, connection pools and in-flight requests carry on. Changes are
@@ -19,9 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounts.overlay import ModelOverride, Overlay, OverlayStore, apply_overlay, serving
-from proxy.accounts.secrets import ProviderSecretStore, mask
-from proxy.admin.api import (
+from llm_proxy.accounts.provider_secrets import ProviderSecretStore, mask
+from llm_proxy.admin.api import (
     AdminError,
     AdminRoute,
     admin_route,
@@ -31,8 +30,9 @@ from proxy.admin.api import (
     read_json,
     store,
 )
-from proxy.config import Config, ConfigError
-from proxy.runtime import Runtime
+from llm_proxy.core.config import Config, ConfigError
+from llm_proxy.runtime.overlay import ModelOverride, Overlay, OverlayStore, apply_overlay, serving
+from llm_proxy.runtime.snapshot import Runtime
 
 __all__ = ["ROUTES"]
 

@@ -6,8 +6,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.admin.api import AdminError, AdminRoute, admin_route, holder
-from proxy.config import ConfigError
+from llm_proxy.admin.api import AdminError, AdminRoute, admin_route, holder
+from llm_proxy.core.config import ConfigError
 
 __all__ = ["ROUTES"]
 

@@ -1,21 +1,21 @@
-"""Every admin area's route table, and the guard in front of them (assembled by ``proxy.app``)."""
+"""Every admin area's route table, and the guard in front of them (assembled by ``llm_proxy.app``)."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from proxy.admin import (
+from llm_proxy.admin import (
     auth_routes,
     catalog_routes,
     config_routes,
-    keys_routes,
     secrets_routes,
     usage_routes,
     users_routes,
 )
-from proxy.admin.api import AdminRoute, build_admin_app
-from proxy.admin.auth_routes import authenticate
-from proxy.runtime import RuntimeHolder
+from llm_proxy.admin import client_keys_routes as keys_routes
+from llm_proxy.admin.api import AdminRoute, build_admin_app
+from llm_proxy.admin.auth_routes import authenticate
+from llm_proxy.runtime.snapshot import RuntimeHolder
 
 __all__ = ["admin_app"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounts.secrets import ProviderSecretStore, SecretBox, SecretsUnavailable
-from proxy.admin.api import (
+from llm_proxy.accounts.provider_secrets import ProviderSecretStore, SecretBox, SecretsUnavailable
+from llm_proxy.admin.api import (
     AdminError,
     AdminRoute,
     admin_route,
@@ -22,7 +22,7 @@ from proxy.admin.api import (
     read_json,
     store,
 )
-from proxy.config import ConfigError
+from llm_proxy.core.config import ConfigError
 
 __all__ = ["ROUTES"]
 

@@ -16,8 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.admin.api import AdminError, AdminRoute, admin_route, in_thread, json_response, store
-from proxy.usage import BREAKDOWNS, Filters, QueryError, UsageStore
+from llm_proxy.admin.api import AdminError, AdminRoute, admin_route, in_thread, json_response, store
+from llm_proxy.storage.usage_queries import BREAKDOWNS, Filters, QueryError, UsageStore
 
 __all__ = ["ROUTES", "parse_status", "parse_time"]
 

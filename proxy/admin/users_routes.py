@@ -12,8 +12,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounts.users import AccountError, UserStore
-from proxy.admin.api import AdminError, AdminRoute, admin_route, in_thread, json_response, read_json, store
+from llm_proxy.accounts.users import AccountError, UserStore
+from llm_proxy.admin.api import (
+    AdminError,
+    AdminRoute,
+    admin_route,
+    in_thread,
+    json_response,
+    read_json,
+    store,
+)
 
 __all__ = ["ROUTES", "admin_error"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext
-from proxy.dispatch import send_chat, with_plugins
-from proxy.providers.openai import parse_chat_response
-from proxy.streaming import ChunkRelay, OpenAIChunkEncoder, PassthroughRelay, relay_stream
+from llm_proxy.core.context import SCOPE_KEY, RequestContext
+from llm_proxy.providers.openai import parse_chat_response
+from llm_proxy.upstream.dispatch import send_chat, with_plugins
+from llm_proxy.upstream.relay import ChunkRelay, OpenAIChunkEncoder, PassthroughRelay, relay_stream
 
 __all__ = ["chat_completions"]
 

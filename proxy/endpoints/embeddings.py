@@ -3,7 +3,7 @@
 OpenAI-compatible providers get the client's bytes (model renamed if the target's name
 differs) at ``{base_url}/embeddings`` and their bytes go back untouched; only the usage is
 read. Gemini (``batchEmbedContents``) and Ollama (``/api/embed``) are translated by
-``proxy.providers.embeddings``. Never streamed.
+``llm_proxy.providers.embeddings``. Never streamed.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext, Target, Usage
-from proxy.dispatch import forward_body, run_before, send_native, with_plugins
-from proxy.errors import ProxyError, bad_request, send_json
-from proxy.providers import embeddings as native
-from proxy.resilience import pipeline
-from proxy.runtime import ProviderRuntime
+from llm_proxy.core.context import SCOPE_KEY, RequestContext, Target, Usage
+from llm_proxy.core.errors import ProxyError, bad_request, send_json
+from llm_proxy.providers import embeddings as native
+from llm_proxy.routing import pipeline
+from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.upstream.dispatch import forward_body, run_before, send_native, with_plugins
 
 __all__ = ["call", "create_embeddings", "unsupported"]
 

@@ -18,14 +18,14 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext, Target, Usage
-from proxy.dispatch import Upstream, forward_body, run_before, send_native, with_plugins
-from proxy.endpoints.embeddings import call, unsupported
-from proxy.errors import bad_request, send_json
-from proxy.providers import embeddings as native
-from proxy.resilience import pipeline
-from proxy.runtime import ProviderRuntime
-from proxy.streaming import ObservedRelay, relay_stream
+from llm_proxy.core.context import SCOPE_KEY, RequestContext, Target, Usage
+from llm_proxy.core.errors import bad_request, send_json
+from llm_proxy.endpoints.embeddings import call, unsupported
+from llm_proxy.providers import embeddings as native
+from llm_proxy.routing import pipeline
+from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.upstream.dispatch import Upstream, forward_body, run_before, send_native, with_plugins
+from llm_proxy.upstream.relay import ObservedRelay, relay_stream
 
 __all__ = ["generate_images"]
 

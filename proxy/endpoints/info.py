@@ -8,9 +8,9 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext
-from proxy.errors import send_json
-from proxy.runtime import RuntimeHolder
+from llm_proxy.core.context import SCOPE_KEY, RequestContext
+from llm_proxy.core.errors import send_json
+from llm_proxy.runtime.snapshot import RuntimeHolder
 
 __all__ = ["health", "list_models", "metrics_endpoint"]
 

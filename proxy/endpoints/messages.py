@@ -16,13 +16,20 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.asgi import header
-from proxy.context import SCOPE_KEY, RequestContext, Target
-from proxy.dispatch import Upstream, complete_chat, forward_body, send_chat, send_native, with_plugins
-from proxy.errors import send_json
-from proxy.inbound import anthropic_messages as inbound
-from proxy.resilience import pipeline
-from proxy.streaming import ObservedRelay, relay_stream, relay_surface
+from llm_proxy.core.context import SCOPE_KEY, RequestContext, Target
+from llm_proxy.core.errors import send_json
+from llm_proxy.core.scope import header
+from llm_proxy.inbound import anthropic_messages as inbound
+from llm_proxy.routing import pipeline
+from llm_proxy.upstream.dispatch import (
+    Upstream,
+    complete_chat,
+    forward_body,
+    send_chat,
+    send_native,
+    with_plugins,
+)
+from llm_proxy.upstream.relay import ObservedRelay, relay_stream, relay_surface
 
 __all__ = ["count_tokens", "messages"]
 

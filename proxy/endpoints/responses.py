@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.context import SCOPE_KEY, RequestContext, Usage
-from proxy.dispatch import complete_chat, forward_body, send_chat, send_native, with_plugins
-from proxy.errors import send_json
-from proxy.inbound import responses as inbound
-from proxy.resilience import pipeline
-from proxy.streaming import JsonEventDecoder, ObservedRelay, relay_stream, relay_surface
+from llm_proxy.core.context import SCOPE_KEY, RequestContext, Usage
+from llm_proxy.core.errors import send_json
+from llm_proxy.inbound import responses as inbound
+from llm_proxy.routing import pipeline
+from llm_proxy.upstream.dispatch import complete_chat, forward_body, send_chat, send_native, with_plugins
+from llm_proxy.upstream.relay import JsonEventDecoder, ObservedRelay, relay_stream, relay_surface
 
 __all__ = ["ResponsesObserver", "responses", "usage_from_responses"]
 

@@ -1,5 +1,5 @@
 """Anthropic Messages API (``POST /v1/messages``) served from the chat hub: the mirror of
-``proxy.providers.anthropic``.
+``llm_proxy.providers.anthropic``.
 
 A Claude-Code-style client speaks Anthropic; any provider speaks chat after translation. So
 requests become chat requests here, and chat results (a ``chat.completion`` or a stream of
@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
-from proxy.context import Usage
-from proxy.errors import ProxyError, bad_request
-from proxy.providers.anthropic import _TYPE_BY_STATUS
-from proxy.providers.openai import usage_from
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.providers.anthropic import _TYPE_BY_STATUS
+from llm_proxy.providers.openai import usage_from
 
 __all__ = ["EventStream", "count_tokens", "error_body", "error_type", "from_chat", "message_id", "to_chat"]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from proxy.context import Usage
-from proxy.errors import bad_request
-from proxy.providers.openai import usage_from
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import bad_request
+from llm_proxy.providers.openai import usage_from
 
 __all__ = ["EventStream", "from_chat", "to_chat"]
 

@@ -14,4 +14,4 @@ def translator(kind: str) -> ModuleType:
     """The translator module for a provider ``type`` other than ``openai``."""
     if kind not in NATIVE_FORMATS:
         raise ValueError(f"no translator for provider type {kind!r}")
-    return importlib.import_module(f"proxy.providers.{kind}")
+    return importlib.import_module(f"llm_proxy.providers.{kind}")

@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from proxy.context import Usage
-from proxy.errors import ProxyError, bad_request
-from proxy.providers.base import Translated, UpstreamCall, UpstreamError, rename_params
-from proxy.sse import SSEDecoder, SSEEvent
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.core.sse import SSEDecoder, SSEEvent
+from llm_proxy.core.wire import Translated, UpstreamCall, UpstreamError, rename_params
 
 __all__ = ["API_VERSION", "MESSAGES_PATH", "StreamDecoder", "build_request", "parse_error", "parse_response"]
 

@@ -29,9 +29,9 @@ from urllib.parse import quote
 
 import orjson
 
-from proxy.context import Usage
-from proxy.errors import ProxyError, bad_request
-from proxy.providers.base import UpstreamCall
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.core.wire import UpstreamCall
 
 __all__ = [
     "IMAGE_ASPECT_RATIOS",

@@ -18,10 +18,10 @@ from urllib.parse import quote, unquote_to_bytes
 
 import orjson
 
-from proxy.context import Usage
-from proxy.errors import bad_request
-from proxy.providers.base import Translated, UpstreamCall, UpstreamError, rename_params
-from proxy.sse import SSEDecoder
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import bad_request
+from llm_proxy.core.sse import SSEDecoder
+from llm_proxy.core.wire import Translated, UpstreamCall, UpstreamError, rename_params
 
 __all__ = ["StreamDecoder", "build_request", "parse_error", "parse_response", "retry_delay"]
 

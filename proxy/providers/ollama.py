@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from proxy.context import Usage
-from proxy.errors import ProxyError, bad_request
-from proxy.providers.base import Translated, UpstreamCall, UpstreamError, rename_params
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.core.wire import Translated, UpstreamCall, UpstreamError, rename_params
 
 __all__ = ["StreamDecoder", "build_request", "parse_error", "parse_response", "parse_tags"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from proxy.context import Usage
-from proxy.errors import ProxyError
+from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError
 
 __all__ = ["ChatStreamMeter", "native_error", "parse_chat_response", "upstream_error", "usage_from"]
 

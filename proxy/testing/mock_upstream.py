@@ -58,7 +58,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from proxy.testing.mock_payloads import (
+from llm_proxy.testing.mock_payloads import (
     Options,
     Receive,
     Reply,
@@ -418,7 +418,7 @@ class MockUpstream:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m proxy.testing.mock_upstream --port 18080``"""
+    """``python -m llm_proxy.testing.mock_upstream --port 18080``"""
     parser = argparse.ArgumentParser(description="Mock OpenAI-compatible upstream (see module docstring).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18080)

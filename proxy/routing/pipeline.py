@@ -1,0 +1,297 @@
+"""The one resilience pipeline around a request's candidate deployments.
+
+Every surface hands it an ``attempt`` (send this request to that deployment, up to the
+first byte) and gets back an open upstream answer or the error to return. In between:
+
+1. the strategy orders the candidates (``strategies``);
+2. deployments are tried in that order, skipping open breakers (tried last, soonest to
+   reopen first) and deployments at their declared capacity; a provider key is picked per
+   attempt from its pool;
+3. each failure is classified: rate limit, overload, server error, timeout or connection
+   failure → the next deployment; authentication failure → that key or deployment rests
+   long, next deployment; context length exceeded → the model's ``context_fallback`` if it
+   has one; any other 4xx → returned as is;
+4. when every deployment failed with something a retry may cure (not a timeout: that already
+   cost the client the whole wait, nor a refused key), another round follows
+   after an exponential backoff with full jitter that honours ``Retry-After`` (a longer
+   wait than ``max_retry_wait`` is not waited: the error goes back with its header);
+5. when nothing at all could be tried, a 503 with ``Retry-After`` says when to come back.
+
+Every attempt (deployment, status, outcome, latency) is recorded for the request log
+whenever there was more than one or one failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.tokens import estimate_prompt_tokens
+from llm_proxy.routing.strategies import order
+
+if TYPE_CHECKING:
+    from llm_proxy.core.context import RequestContext, Target
+    from llm_proxy.routing.key_pool import KeyPool
+    from llm_proxy.routing.learned import DeploymentState
+
+__all__ = ["classify", "retry_after", "run"]
+
+U = TypeVar("U")
+Attempt = Callable[["Target"], Awaitable[U]]
+
+_GATEWAY_CODES = frozenset({"upstream_unreachable", "upstream_error", "upstream_timeout"})
+_CONTEXT_LENGTH = re.compile(
+    r"context[ _]length|context window|maximum context|prompt is too long|too many tokens"
+    r"|exceeds the maximum number of tokens|input is too long|reduce the length",
+    re.IGNORECASE,
+)
+_MAX_FALLBACKS = 3
+
+
+def classify(exc: ProxyError) -> tuple[str, str]:
+    """(kind, breaker outcome) of an upstream failure.
+
+    kinds: ``rate_limit``, ``auth``, ``overloaded``, ``server``, ``timeout``, ``connection``
+    (all worth another deployment), ``context_length`` and ``client`` (returned as is)."""
+    status = exc.status
+    if status == 429:
+        return "rate_limit", "neutral"
+    if status in (401, 403):
+        return "auth", "auth"
+    if status in (503, 529) or (status == 502 and exc.code not in _GATEWAY_CODES):
+        return "overloaded", "transient"
+    if status == 504 and exc.code == "upstream_timeout" or status == 408:
+        return "timeout", "failure"
+    if status == 502:
+        return "connection", "failure"
+    if status >= 500:
+        return "server", "failure"
+    if exc.code == "context_length_exceeded" or (status in (400, 413) and _CONTEXT_LENGTH.search(exc.message)):
+        return "context_length", "neutral"
+    return "client", "neutral"
+
+
+def retry_after(exc: ProxyError) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta or HTTP date), if the upstream sent one."""
+    value = next((v for k, v in exc.headers.items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+async def run(ctx: RequestContext, attempt: Attempt[U]) -> U:
+    """Send through ``attempt`` to the best candidate that answers; see the module docstring."""
+    runtime = ctx.runtime
+    settings = runtime.config.routing
+    if not settings.enabled:  # routing off: the first deployment, as it is
+        ctx.target = ctx.candidates[0]
+        return await attempt(ctx.target)
+    for _ in range(_MAX_FALLBACKS + 1):
+        try:
+            return await _rounds(ctx, attempt)
+        except _ContextTooLong as too_long:
+            fallback = runtime.context_fallbacks.get(ctx.model or "")
+            if fallback is None or fallback == ctx.model:
+                raise too_long.error from None
+            ctx.route.append(f"context fallback {ctx.model} -> {fallback}")
+            ctx.model = fallback
+            ctx.candidates = runtime.targets(fallback)
+    raise ProxyError(500, "Too many context fallbacks.", type="server_error")
+
+
+class _ContextTooLong(Exception):
+    def __init__(self, error: ProxyError) -> None:
+        self.error = error
+
+
+async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
+    runtime = ctx.runtime
+    settings = runtime.config.routing
+    state = runtime.routing
+    candidates = ctx.candidates
+    if len(candidates) > 1:
+        name = ctx.strategy or runtime.strategies.get(ctx.model or "") or settings.strategy
+        if name != "priority":  # deployments are kept in priority order already
+            candidates = order(name, ctx, candidates, state)
+    record: list[dict[str, Any]] = []
+    failure: ProxyError | None = None
+    failed = _Failed()
+    tried: Target | None = None
+    first = candidates[0]
+    head = state.deployment(first)
+    if (head.breaker.state == "closed" and first.rpm is None and first.tpm is None
+            and len(runtime.providers[first.provider].api_keys) < 2):
+        # The common case, kept lean: a healthy first deployment with one key and no capacity.
+        ctx.target = first
+        ctx.key_index = 0
+        head.begin()
+        started = time.perf_counter()
+        try:
+            result = await attempt(first)
+        except ProxyError as exc:
+            await _on_failure(ctx, attempt, first, head, None, exc, started, failed, record)
+            tried = first
+        except BaseException:  # cancelled (the client left) or a bug: no verdict on the deployment
+            head.end(None, None)
+            raise
+        else:
+            ctx.deployment = head  # its in-flight count and latency are settled when the request ends
+            return result
+    for round_ in range(settings.retries + 1):
+        if round_:
+            failed = _Failed()
+        deferred: list[tuple[Target, DeploymentState]] | None = None
+        for target in candidates:
+            if target is tried:  # already tried above, in this first round
+                tried = None
+                continue
+            deployment = state.deployment(target)
+            if not deployment.breaker.allow():
+                (deferred := deferred or []).append((target, deployment))
+                continue
+            result = await _try(ctx, attempt, target, deployment, failed, record)
+            if result is not failed:
+                return result  # type: ignore[return-value]
+        # Open breakers last, soonest to reopen first: never fail blind while one may work. One
+        # opened by an authentication failure is not tried: the key will not have changed.
+        for target, deployment in sorted(deferred or (), key=lambda item: item[1].breaker.retry_at):
+            if deployment.breaker.auth_failed:
+                failed.ready_in = min(failed.ready_in, deployment.breaker.retry_at - state.clock())
+                continue
+            result = await _try(ctx, attempt, target, deployment, failed, record)
+            if result is not failed:
+                return result  # type: ignore[return-value]
+        if failed.error is None:  # nothing could be tried at all
+            if failure is not None:
+                raise failure
+            raise _unavailable(ctx, failed.ready_in)
+        failure = failed.error
+        if not failed.retryable or round_ == settings.retries:
+            break
+        wait = settings.retry_backoff * (2 ** round_) * random.random()  # full jitter
+        if failed.retry_after is not None:
+            if failed.retry_after > settings.max_retry_wait:
+                break  # the client hears the upstream's own Retry-After instead of waiting here
+            wait = max(wait, failed.retry_after)
+        record.append({"wait_ms": round(wait * 1000, 1)})
+        await asyncio.sleep(wait)
+    assert failure is not None
+    raise failure
+
+
+class _Failed:
+    """What one round over the deployments learned, when none of them answered."""
+
+    __slots__ = ("error", "retryable", "retry_after", "ready_in")
+
+    def __init__(self) -> None:
+        self.error: ProxyError | None = None
+        self.retryable = False  # a later round might succeed
+        self.retry_after: float | None = None  # the shortest Retry-After any deployment asked for
+        self.ready_in = float("inf")  # when something skipped becomes tryable, if nothing was tried
+
+
+async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
+               failed: _Failed, record: list[dict[str, Any]]) -> U | _Failed:
+    """One deployment: its answer, or ``failed`` updated (anything not worth failing over is raised)."""
+    runtime = ctx.runtime
+    state = runtime.routing
+    provider = runtime.providers[target.provider]
+    pool = state.key_pool(provider.name, provider.api_keys) if len(provider.api_keys) > 1 else None
+    if pool is not None:
+        key_index = pool.pick()
+        if key_index is None:  # every key of this provider is resting
+            failed.ready_in = min(failed.ready_in, pool.ready_at - state.clock())
+            return failed
+        ctx.key_index = key_index
+    else:
+        ctx.key_index = 0
+    if target.rpm is not None or target.tpm is not None:
+        tokens = _requested_tokens(ctx) if target.tpm is not None else 0
+        wait = deployment.admit(target, tokens)
+        if wait:
+            failed.ready_in = min(failed.ready_in, wait)
+            return failed
+    ctx.target = target
+    started = time.perf_counter()
+    deployment.begin()
+    try:
+        result = await attempt(target)
+    except ProxyError as exc:
+        return await _on_failure(ctx, attempt, target, deployment, pool, exc, started, failed, record)
+    except BaseException:  # cancelled (the client left) or a bug: no verdict on the deployment
+        deployment.end(None, None)
+        deployment.breaker.release()
+        raise
+    deployment.breaker.record("ok")
+    ctx.deployment = deployment  # its in-flight count and latency are settled when the request ends
+    if record:
+        record.append(_entry(target, 200, "ok", started, None))
+    return result
+
+
+async def _on_failure(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
+                      pool: KeyPool | None, exc: ProxyError, started: float, failed: _Failed,
+                      record: list[dict[str, Any]]) -> U | _Failed:
+    """Classify a failed attempt: rest its key, tell its breaker, record it, and say what next."""
+    runtime = ctx.runtime
+    deployment.end(None, None)
+    kind, outcome = classify(exc)
+    wait = retry_after(exc)
+    key_failed = pool is not None and kind in ("rate_limit", "auth")
+    if key_failed:  # this key's problem, not the deployment's: it rests, the next key goes now
+        settings = runtime.config.routing
+        pool.rest(ctx.key_index, settings.breaker.auth_cooldown if kind == "auth"
+                  else wait if wait is not None else settings.key_cooldown)
+        outcome = "neutral"
+    deployment.breaker.record(outcome)
+    record.append(_entry(target, exc.status, kind, started, exc.code or exc.type))
+    ctx.metadata["attempts"] = record  # the log row shows every attempt once one failed
+    if key_failed and deployment.breaker.allow():
+        return await _try(ctx, attempt, target, deployment, failed, record)
+    if kind == "context_length":
+        raise _ContextTooLong(exc) from None
+    if kind == "client":
+        raise exc
+    failed.error = exc
+    # Worth another round later: overloads, rate limits, server and connection errors. Not a
+    # bad key (it rests instead) nor a timeout: that already cost the client the whole wait.
+    if kind not in ("auth", "timeout") or key_failed:
+        failed.retryable = True
+    if wait is not None:
+        failed.retry_after = wait if failed.retry_after is None else min(failed.retry_after, wait)
+    return failed
+
+
+def _requested_tokens(ctx: RequestContext) -> int:
+    body = ctx.body or {}
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens") or 0
+    return estimate_prompt_tokens(body) + (limit if isinstance(limit, int) else 0)
+
+
+def _entry(target: Target, status: int, outcome: str, started: float, error: str | None) -> dict[str, Any]:
+    return {"provider": target.provider, "model": target.model, "status": status, "outcome": outcome,
+            "ms": round((time.perf_counter() - started) * 1000, 2), "error": error}
+
+
+def _unavailable(ctx: RequestContext, ready_in: float) -> ProxyError:
+    seconds = max(1, int(ready_in + 0.999)) if ready_in != float("inf") else 30
+    return ProxyError(
+        503, f"No deployment of `{ctx.model}` can take this request now (open circuits, resting keys or "
+             f"capacity reached); retry in {seconds} s.",
+        type="server_error", code="no_deployment_available", headers={"retry-after": str(seconds)},
+    )

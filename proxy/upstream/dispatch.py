@@ -1,0 +1,196 @@
+"""Sending the request's chat-shaped body to the routed provider: the step every surface shares.
+
+Chat completions, Anthropic Messages and Responses all end up here with ``ctx.body`` in
+OpenAI chat shape. Before-plugins run, the body is forwarded as the client's own bytes to
+an OpenAI-compatible provider (re-serialised only if something changed it) or built by the
+provider's translator, and the upstream answer comes back open (streams) or read.
+Upstream failures are raised as ``ProxyError`` in OpenAI shape, before any byte is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import httpx
+import orjson
+
+from llm_proxy.core import metrics
+from llm_proxy.core.context import RequestContext
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response, upstream_error
+from llm_proxy.routing import pipeline
+from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.upstream.exchange import open_upstream, transport_error
+
+__all__ = ["Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(slots=True)
+class Upstream:
+    provider: ProviderRuntime
+    native: ModuleType | None  # the translator; None for an OpenAI-compatible provider
+    response: httpx.Response
+    deadline: float | None
+    data: bytes  # the body, when it was read (non-streaming)
+    first: bytes = b""  # a stream's first chunk, read before answering so a dead stream can fail over
+    chunks: AsyncIterator[bytes] | None = None  # the rest of the stream
+
+
+async def with_plugins(ctx: RequestContext, handler: Any, send: Any) -> None:
+    """Run a surface's handler between the after and error plugin stages."""
+    plugins = ctx.runtime.plugins
+    try:
+        await handler(ctx, send)
+    except Exception as exc:
+        if plugins.has_error:
+            await plugins.run_error(ctx, exc)
+        raise
+    if plugins.has_after and ctx.error_type is None:
+        await plugins.run_after(ctx)
+
+
+async def run_before(ctx: RequestContext) -> None:
+    if ctx.runtime.plugins.has_before:
+        await ctx.runtime.plugins.run_before(ctx)
+
+
+def forward_body(ctx: RequestContext) -> bytes:
+    """The client's bytes, unless a layer changed the body or the upstream names the model otherwise."""
+    body = ctx.body
+    assert body is not None and ctx.target is not None
+    if body.get("model") != ctx.target.model:
+        body["model"] = ctx.target.model
+        ctx.body_dirty = True
+    return orjson.dumps(body) if ctx.body_dirty else ctx.raw_body
+
+
+async def send_chat(ctx: RequestContext) -> Upstream:
+    """Send the chat-shaped body through the resilience pipeline (before-plugins run once)."""
+    ctx.target = ctx.candidates[0]
+    await run_before(ctx)
+    return await pipeline.run(ctx, lambda target: _send_to(ctx, target))
+
+
+async def _send_to(ctx: RequestContext, target: Any) -> Upstream:
+    runtime = ctx.runtime
+    provider = runtime.providers[target.provider]
+    native = provider.translator
+    if native is None:
+        path, body, extra = CHAT_PATH, forward_body(ctx), None
+    else:
+        if runtime.image_fetcher is not None and provider.config.type in ("gemini", "ollama"):
+            await runtime.image_fetcher.inline_images(ctx.body)  # these need image bytes inline
+        limits = runtime.catalog.limits(target.model, provider.catalog_id)
+        call = native.build_request(
+            ctx.body, target.model, api_key=provider.api_key(ctx.key_index), stream=ctx.stream,
+            max_output_tokens=limits[1] if limits else None,
+        )
+        path, body, extra = call.path, call.body, call.headers
+    return await _send(ctx, provider, native, native, path, body, extra)
+
+
+async def send_native(
+    ctx: RequestContext, provider: ProviderRuntime, path: str, body: bytes, headers: dict[str, str]
+) -> Upstream:
+    """Send a body already in the provider's own format (a pass-through surface).
+
+    Before-plugins are not run: they edit chat-shaped bodies (see README)."""
+    return await _send(ctx, provider, None, provider.translator, path, body, headers)
+
+
+async def _send(
+    ctx: RequestContext,
+    provider: ProviderRuntime,
+    native: ModuleType | None,
+    errors: ModuleType | None,
+    path: str,
+    body: bytes,
+    extra: dict[str, str] | None,
+) -> Upstream:
+    total = provider.config.timeouts.total
+    first, chunks = b"", None
+    deadline = asyncio.get_running_loop().time() + total if total else None
+    data = b""
+    try:
+        async with asyncio.timeout_at(deadline):  # total: from sending to the last byte
+            response = await open_upstream(ctx, provider, path, body, extra)
+            status = response.status_code
+            if status >= 400 or not ctx.stream:
+                try:
+                    data = await _read(response, limit=_MAX_ERROR_BODY if status >= 400 else None)
+                finally:
+                    await response.aclose()
+            else:  # nothing has reached the client yet: a stream that dies now can still fail over
+                chunks = aiter(response.stream)
+                try:
+                    first = await _first_chunk(chunks)
+                except BaseException:
+                    await response.aclose()
+                    raise
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise transport_error(ctx, provider, exc) from None
+    except _EmptyStream:
+        message = f"Provider '{provider.name}' ended the stream before sending anything."
+        provider.record_error(message)
+        metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_interrupted").inc()
+        raise ProxyError(502, message, type="upstream_error", code="upstream_error") from None
+    if status >= 400:
+        ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
+        error = (upstream_error(provider.name, status, data, response.headers) if errors is None
+                 else native_error(errors, status, data, response.headers))
+        provider.record_error(f"HTTP {status}: {error.message[:200]}")
+        metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
+        raise error
+    if not ctx.stream:
+        ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
+        provider.record_ok()
+    if ctx.stream:
+        return Upstream(provider, native, response, deadline, data, first, chunks)
+    return Upstream(provider, native, response, deadline, data)
+
+
+class _EmptyStream(Exception):
+    pass
+
+
+async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    async for chunk in chunks:
+        if chunk:
+            return chunk
+    raise _EmptyStream
+
+
+async def complete_chat(ctx: RequestContext) -> dict[str, Any]:
+    """A non-streaming chat completion as a dict, whatever the provider's format."""
+    up = await send_chat(ctx)
+    if up.native is None:
+        try:
+            result = orjson.loads(up.data)
+        except orjson.JSONDecodeError:
+            result = None
+        if not isinstance(result, dict):
+            raise ProxyError(502, f"Provider '{up.provider.name}' sent a chat completion that is not a JSON object.",
+                             type="upstream_error", code="bad_upstream_response")
+        ctx.usage, ctx.finish_reason, _ = parse_chat_response(result)
+        return result
+    translated = up.native.parse_response(up.data, ctx.target.model if ctx.target else "")
+    ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
+    return translated.response
+
+
+async def _read(response: httpx.Response, limit: int | None) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.stream:  # the raw byte stream; no decoding layers
+        parts.append(chunk)
+        size += len(chunk)
+        if limit is not None and size >= limit:
+            break
+    return b"".join(parts)

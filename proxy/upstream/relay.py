@@ -1,0 +1,337 @@
+"""Relaying an upstream stream to the client while metering it.
+
+One loop per stream: hand each upstream chunk to a relay, forward what it returns, and in
+``finally`` always close the upstream response — also when the client went away (the
+stream-wrap layer cancels this task) — and fill in usage from what was received when the
+upstream never sent its own. A failure after the first byte cannot change the HTTP status
+any more, so it ends the stream with an error event in the client's format instead of a
+silent or truncated 200.
+
+Two relays: ``PassthroughRelay`` (OpenAI-compatible upstream, OpenAI client: bytes go
+through) and ``ChunkRelay`` (any other pairing: a decoder turns upstream bytes into OpenAI
+chunk dicts, an encoder turns those into the client's event format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+import httpx
+import orjson
+from starlette.types import Send
+
+from llm_proxy.core import metrics
+from llm_proxy.core.context import RequestContext, Usage
+from llm_proxy.core.sse import SSEDecoder, encode_event
+from llm_proxy.core.tokens import estimate_prompt_tokens
+from llm_proxy.providers.openai import ChatStreamMeter, usage_from
+from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.upstream.exchange import transport_error
+
+__all__ = [
+    "ChunkRelay",
+    "JsonEventDecoder",
+    "OpenAIChunkDecoder",
+    "OpenAIChunkEncoder",
+    "ObservedRelay",
+    "PassthroughRelay",
+    "SurfaceEncoder",
+    "relay_stream",
+    "relay_surface",
+]
+
+_DONE = b"data: [DONE]\n\n"
+_SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+
+
+class Relay(Protocol):
+    usage: Usage | None
+    finish_reason: str | None
+    error: dict[str, Any] | None
+    output_events: int
+
+    @property
+    def complete(self) -> bool: ...
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+    def failure(self, error: dict[str, Any]) -> bytes: ...
+
+
+def _openai_error_event(error: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
+class PassthroughRelay:
+    """An OpenAI-compatible upstream: its bytes go out untouched unless the usage chunk the
+    gateway asked for must be stripped, in which case events are re-framed one by one."""
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self._ctx = ctx
+        self._meter = ChatStreamMeter()
+        self._decoder = SSEDecoder()
+        self._strip = not ctx.client_wants_usage
+        self._done = False
+
+    usage = property(lambda self: self._meter.usage)
+    finish_reason = property(lambda self: self._meter.finish_reason)
+    error = property(lambda self: self._meter.error)
+    output_events = property(lambda self: self._meter.output_events)
+
+    @property
+    def complete(self) -> bool:
+        return self._done or self._meter.finish_reason is not None
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] | None = [] if self._strip else None
+        for event in self._decoder.feed(chunk):
+            self._handle(event.data, out)
+        return chunk if out is None else b"".join(out)
+
+    def finish(self) -> bytes:
+        out: list[bytes] = []
+        for event in self._decoder.flush():
+            self._handle(event.data, out)
+        return b"".join(out) if self._strip else b""  # unstripped: the raw bytes already went out
+
+    def failure(self, error: dict[str, Any]) -> bytes:
+        return _openai_error_event(error)
+
+    def _handle(self, data: bytes, out: list[bytes] | None) -> None:
+        if data == b"[DONE]":
+            self._done = True
+            if out is not None:
+                out.append(_DONE)
+            return
+        meter = self._meter
+        before = meter.output_events
+        usage_only = meter.feed(data)
+        if meter.output_events != before and self._ctx.first_token_at is None:
+            self._ctx.first_token_at = time.perf_counter()
+        if out is not None and not usage_only:
+            out.append(b"data: " + data + b"\n\n" if b"\n" not in data else encode_event(data))
+
+
+class JsonEventDecoder:
+    """SSE events whose ``data`` is a JSON object, read once each; subclasses say what an
+    object means (``_take``) and keep ``usage``, ``finish_reason`` and ``error``."""
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.error: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        return self._decode(self._sse.feed(chunk))
+
+    def finish(self) -> list[dict[str, Any]]:
+        return self._decode(self._sse.flush())
+
+    def _decode(self, events: list[Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for event in events:
+            if event.data == b"[DONE]" or self.error is not None:
+                continue
+            try:
+                obj = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                taken = self._take(obj)
+                if taken is not None:
+                    out.append(taken)
+        return out
+
+    def _take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class OpenAIChunkDecoder(JsonEventDecoder):
+    """OpenAI-compatible SSE → chunk dicts, for clients that speak another format."""
+
+    def _take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        if obj.get("error") is not None:
+            err = obj["error"]
+            self.error = err if isinstance(err, dict) else {"message": str(err), "type": "api_error"}
+            return None
+        if obj.get("usage"):
+            self.usage = usage_from(obj["usage"])
+        for choice in obj.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return obj
+
+
+class OpenAIChunkEncoder:
+    """Chunk dicts → OpenAI SSE, for a native upstream serving an OpenAI chat client."""
+
+    def __init__(self, strip_usage: bool) -> None:
+        self._strip = strip_usage
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        if self._strip and not chunk.get("choices"):
+            return b""
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def finish(self, usage: Usage | None) -> bytes:
+        return _DONE
+
+    def error(self, error: dict[str, Any]) -> bytes:
+        return _openai_error_event(error)
+
+
+class SurfaceEncoder:
+    """A client surface's event stream (Anthropic Messages, Responses) as a relay encoder;
+    ``error`` renders a mid-stream failure in that surface's own shape."""
+
+    def __init__(self, stream: Any, error: Any) -> None:
+        self._stream = stream
+        self.error = error
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        return self._stream.feed(chunk)
+
+    def finish(self, usage: Usage | None) -> bytes:
+        return self._stream.finish(usage)
+
+
+class _DecodedRelay:
+    """Relay state read from a decoder, and output counted for time to first token."""
+
+    def __init__(self, ctx: RequestContext, decoder: Any) -> None:
+        self._ctx = ctx
+        self._decoder = decoder
+        self.output_events = 0
+
+    usage = property(lambda self: self._decoder.usage)
+    finish_reason = property(lambda self: self._decoder.finish_reason)
+    error = property(lambda self: self._decoder.error)
+
+    @property
+    def complete(self) -> bool:
+        return self._decoder.finish_reason is not None
+
+    def _count(self, chunk: dict[str, Any]) -> None:
+        if any(_has_output(c.get("delta") or {}) for c in chunk.get("choices") or ()):
+            self.output_events += 1
+            if self._ctx.first_token_at is None:
+                self._ctx.first_token_at = time.perf_counter()
+
+
+class ChunkRelay(_DecodedRelay):
+    """Upstream bytes → (decoder) OpenAI chunk dicts → (encoder) the client's events."""
+
+    def __init__(self, ctx: RequestContext, decoder: Any, encoder: Any) -> None:
+        super().__init__(ctx, decoder)
+        self._encoder = encoder
+        self._error_sent = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._encode(self._decoder.feed(chunk))
+
+    def finish(self) -> bytes:
+        tail = self._encode(self._decoder.finish())
+        if self._decoder.error is not None or not self.complete:
+            return tail  # relay_stream ends it with an error event
+        return tail + self._encoder.finish(self._decoder.usage)
+
+    def failure(self, error: dict[str, Any]) -> bytes:
+        return self._encoder.error(error)
+
+    def _encode(self, chunks: list[dict[str, Any]]) -> bytes:
+        out: list[bytes] = []
+        for chunk in chunks:
+            self._count(chunk)
+            out.append(self._encoder.feed(chunk))
+        error = self._decoder.error
+        if error is not None and not self._error_sent:
+            self._error_sent = True
+            out.append(self._encoder.error(error))
+        return b"".join(out)
+
+
+class ObservedRelay(_DecodedRelay):
+    """The upstream already speaks the client's format (Anthropic → /v1/messages, OpenAI →
+    /v1/responses): its bytes go through untouched, and a decoder reads them for metering."""
+
+    def __init__(self, ctx: RequestContext, decoder: Any, failure: Any) -> None:
+        super().__init__(ctx, decoder)
+        self._failure = failure
+
+    def feed(self, chunk: bytes) -> bytes:
+        for decoded in self._decoder.feed(chunk):
+            self._count(decoded)
+        return chunk
+
+    def finish(self) -> bytes:
+        for decoded in self._decoder.finish():
+            self._count(decoded)
+        return b""
+
+    def failure(self, error: dict[str, Any]) -> bytes:
+        return self._failure(error)
+
+
+def _has_output(delta: dict[str, Any]) -> bool:
+    return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
+
+
+async def relay_surface(ctx: RequestContext, up: Any, send: Send, stream: Any, on_error: Any) -> None:
+    """Stream a chat answer to a client surface (Anthropic Messages, Responses): its opening
+    events, then every upstream chunk decoded to chat and re-encoded by ``stream``."""
+    await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
+    await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
+    model = ctx.target.model if ctx.target is not None else ""
+    decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(model)
+    relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, on_error))
+    await relay_stream(ctx, up, send, relay)
+
+
+async def relay_stream(ctx: RequestContext, up: Any, send: Send, relay: Relay) -> None:
+    """Relay an open upstream stream (``dispatch.Upstream``: its first chunk already read)."""
+    provider: ProviderRuntime = up.provider
+    response: httpx.Response = up.response
+    failure: str | None = None
+    try:
+        async with asyncio.timeout_at(up.deadline):
+            body = relay.feed(up.first)
+            if body:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            async for chunk in up.chunks:  # the raw byte stream; no decoding layers
+                body = relay.feed(chunk)
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            tail = relay.finish()
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+        if relay.error is not None:
+            failure = str(relay.error.get("message") or "upstream error event")
+            ctx.fail(502, "upstream_stream_error", failure)
+            metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_error").inc()
+        elif not relay.complete:
+            failure = "the upstream closed the stream before it finished"
+            metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_interrupted").inc()
+    except (httpx.HTTPError, TimeoutError) as exc:  # counted by transport_error
+        failure = transport_error(ctx, provider, exc).message
+    finally:
+        await response.aclose()
+        ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
+        ctx.finish_reason = relay.finish_reason
+        if relay.usage is not None:
+            ctx.usage = relay.usage
+        else:  # cut short: charge what was delivered
+            ctx.usage = Usage(prompt_tokens=estimate_prompt_tokens(ctx.body), completion_tokens=relay.output_events)
+            ctx.metadata["usage_estimated"] = True
+    if failure is None:
+        provider.record_ok()
+    elif relay.error is None:
+        ctx.fail(502, "upstream_stream_interrupted", failure)
+        error = {"message": f"Stream interrupted: {failure}", "type": "upstream_error",
+                 "param": None, "code": "stream_interrupted"}
+        await send({"type": "http.response.body", "body": relay.failure(error), "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
