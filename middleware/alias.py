@@ -15,19 +15,13 @@ from llm_proxy.core.errors import bad_request
 
 __all__ = ["AliasMiddleware"]
 
-# Endpoints whose body is a JSON object naming a model.
-_MODEL_ENDPOINTS = frozenset(
-    {"chat.completions", "messages", "messages.count_tokens", "responses", "embeddings", "images.generations"}
-)
-
-
 class AliasMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = get_context(scope)
-        if ctx is None or ctx.endpoint not in _MODEL_ENDPOINTS or scope["method"] != "POST":
+        if ctx is None or ctx.surface is None or not ctx.surface.names_model or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         raw = await read_body(scope, receive, ctx.runtime.max_body_bytes)

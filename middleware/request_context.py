@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llm_proxy.core import metrics
 from llm_proxy.core.context import SCOPE_KEY, RequestContext
 from llm_proxy.core.errors import ProxyError, send_error
-from llm_proxy.core.scope import endpoint_name, header, route_path
-from llm_proxy.inbound.anthropic_messages import error_body as anthropic_error_body
+from llm_proxy.core.scope import header, route_path
+from llm_proxy.core.surfaces import surface_for
 from llm_proxy.runtime.request_end import finish_request
 from llm_proxy.runtime.snapshot import RuntimeHolder
 
@@ -53,10 +53,11 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        endpoint = endpoint_name(route_path(scope))
+        surface = surface_for(route_path(scope))
         request_id = _request_id(scope)
         rid_header = (b"x-request-id", request_id.encode())
-        ctx = RequestContext(request_id, self.holder.current, endpoint or "", started=started)
+        ctx = RequestContext(request_id, self.holder.current, surface.name if surface is not None else "",
+                             started=started, surface=surface)
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -72,7 +73,7 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
-        if endpoint is not None:
+        if surface is not None:
             metrics.IN_FLIGHT.inc()
         try:
             if not ctx.runtime.started:  # mounted without its lifespan: start lazily
@@ -81,9 +82,9 @@ class RequestContextMiddleware:
         except ProxyError as exc:
             if not response_started:
                 ctx.fail(exc.status, exc.type, exc.message)
-                if ctx.endpoint.startswith("messages"):  # the Anthropic surface answers in Anthropic's shape
-                    exc = ProxyError(exc.status, exc.message, headers=exc.headers,
-                                     body=anthropic_error_body(exc.status, exc.message))
+                render = surface.error_body if surface is not None else None
+                if render is not None:  # a surface with an envelope of its own (Anthropic's for Messages)
+                    exc = ProxyError(exc.status, exc.message, headers=exc.headers, body=render(exc.status, exc.message))
                 await send_error(send_with_id, exc)
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
@@ -94,7 +95,7 @@ class RequestContextMiddleware:
                     ProxyError(500, "The server had an error while processing your request.", type="server_error"),
                 )
         finally:
-            if endpoint is not None:
+            if surface is not None:
                 metrics.IN_FLIGHT.dec()
                 ctx.finished_at = time.perf_counter()
                 try:

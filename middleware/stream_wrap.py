@@ -30,7 +30,7 @@ class StreamWrapMiddleware:
         if ctx is None or not ctx.stream:
             await self.app(scope, receive, send)
             return
-        if ctx.endpoint == "chat.completions":  # other surfaces ask for usage in their own translation
+        if ctx.surface is not None and ctx.surface.stream_usage:  # others get usage from their translation
             body = ctx.body
             options = body.get("stream_options")
             ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True

@@ -27,12 +27,9 @@ from llm_proxy.admin.routes import admin_app
 from llm_proxy.core.config import Config, ConfigError, default_config_path
 from llm_proxy.core.context import get_context
 from llm_proxy.core.errors import error_body
-from llm_proxy.endpoints.chat import chat_completions
-from llm_proxy.endpoints.embeddings import create_embeddings
-from llm_proxy.endpoints.images import generate_images
-from llm_proxy.endpoints.info import health, list_models, metrics_endpoint
-from llm_proxy.endpoints.messages import count_tokens, messages
-from llm_proxy.endpoints.responses import responses
+from llm_proxy.core.surfaces import SURFACES
+from llm_proxy.endpoints.info import health, metrics_endpoint
+from llm_proxy.endpoints.registry import HANDLERS
 from llm_proxy.middleware.alias import AliasMiddleware
 from llm_proxy.middleware.auth import AuthMiddleware
 from llm_proxy.middleware.group_routing import GroupRoutingMiddleware
@@ -161,23 +158,9 @@ def create_app(config: str | Path | Config | None = None) -> Starlette:
     admin.state.stores[OverlayStore], admin.state.stores[ProviderSecretStore] = overlay.overlays, overlay.secrets
     admin.state.client_keys, admin.state.spend_ledger = database_keys, ledger
 
-    chat = _Endpoint(chat_completions)
-    models = _Endpoint(list_models)
-    embeddings = _Endpoint(create_embeddings)
-    images = _Endpoint(generate_images)
     routes = [
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/chat/completions", chat, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/images/generations", images, methods=["POST"]),
-        Route("/images/generations", images, methods=["POST"]),
-        *(Route(prefix + path, _Endpoint(handler), methods=["POST"])
-          for prefix in ("/v1", "")
-          for path, handler in (("/messages", messages), ("/messages/count_tokens", count_tokens),
-                                ("/responses", responses))),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/models", models, methods=["GET"]),
+        *(Route(path, _Endpoint(HANDLERS[surface.name]), methods=[surface.method])
+          for surface in SURFACES for path in surface.paths),
         Route("/health", _Endpoint(health(holder)), methods=["GET"]),
         Route("/health/live", _Endpoint(_live), methods=["GET"]),
         Route("/metrics", _Endpoint(metrics_endpoint), methods=["GET"]),

@@ -29,7 +29,6 @@ __all__ = ["DEFAULT_COMPLETION_RESERVE", "PERIOD", "Admission", "RateLimiter", "
 
 PERIOD = 60.0
 DEFAULT_COMPLETION_RESERVE = 1024  # tokens held for a generation that sets no max_tokens
-_GENERATIVE = frozenset({"chat.completions", "messages", "responses"})
 _CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
@@ -95,7 +94,7 @@ def token_estimate(ctx: RequestContext) -> tuple[int, int]:
     """(prompt, completion) tokens to reserve: ~4 characters per token, plus the output cap."""
     body: dict[str, Any] = ctx.body or {}
     prompt = estimate_prompt_tokens(body) if isinstance(body.get("messages"), list) else len(ctx.raw_body) // 4
-    if ctx.endpoint not in _GENERATIVE:
+    if ctx.surface is None or not ctx.surface.generative:
         return prompt, 0
     for name in _CAPS:
         cap = body.get(name)

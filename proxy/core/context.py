@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llm_proxy.core.surfaces import Surface
+
 if TYPE_CHECKING:
     from llm_proxy.runtime.snapshot import Runtime
 
@@ -87,6 +89,7 @@ class RequestContext:
     endpoint: str
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
+    surface: Surface | None = None  # the API surface the path names (None for internal calls)
 
     # auth
     client: ClientIdentity | None = None

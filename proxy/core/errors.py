@@ -12,7 +12,10 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "ANTHROPIC_ERROR_TYPES",
     "ProxyError",
+    "anthropic_error_body",
+    "anthropic_error_type",
     "bad_request",
     "error_body",
     "not_found_model",
@@ -53,6 +56,24 @@ class ProxyError(Exception):
 
 def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+# Anthropic's ``error.type`` per HTTP status (its error envelope is ``{"type": "error", "error": {...}}``).
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+    429: "rate_limit_error", 500: "api_error", 503: "overloaded_error", 504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """The Anthropic ``error.type`` for an HTTP status (stream ``error`` events use it too)."""
+    return ANTHROPIC_ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
 
 
 def bad_request(message: str, *, code: str | None = None, param: str | None = None) -> ProxyError:
