@@ -45,20 +45,48 @@ def harness(*args: str) -> None:
     subprocess.run([sys.executable, str(HARNESS / "bench.py"), *args], check=True, cwd=ROOT)
 
 
+def harness_options(scenarios: str, repeats: str, duration: str) -> list[str]:
+    """The load options every target of one comparison gets, so their figures are comparable."""
+    return ["--scenarios", scenarios, "--repeats", repeats, "--duration", duration,
+            "--model", "gpt-4o-mini", "--warmup", "3"]
+
+
+def run_floor(name: str, out: Path, common: list[str]) -> Path:
+    """The aiohttp passthrough: what any Python gateway on this machine could reach at best."""
+    cmd = (f"{FLOOR_VENV}/bin/uvicorn passthrough_aiohttp:app --app-dir {HARNESS}/targets "
+           "--host 127.0.0.1 --port {port} --loop uvloop --http httptools --no-access-log --log-level warning")
+    harness("run", "--name", name, "--url", "http://127.0.0.1:18200", "--cmd", cmd, "--out", str(out), *common)
+    return out
+
+
+def gateway_cmd(checkout: Path, db_path: str, routing: bool | None = None) -> str:
+    """How a checkout's gateway is started: only its console script and its bench config, so
+    any build (whatever its package layout) can be measured."""
+    env = (f"env LLM_PROXY__DATABASE__PATH={db_path} LLM_PROXY__PROVIDERS__OPENAI__BASE_URL={{upstream_v1}} "
+           f"LLM_PROXY__PROVIDERS__SPARE__BASE_URL={{upstream_v1}} ")
+    if routing is not None:
+        env += f"LLM_PROXY__ROUTING__ENABLED={'true' if routing else 'false'} "
+    return (f"{env}{checkout}/.venv/bin/llm-proxy serve --config {checkout}/bench/config.yaml "
+            "--host 127.0.0.1 --port {port}")
+
+
+def run_gateway(name: str, out: Path, common: list[str], cmd: str) -> Path:
+    harness("run", "--name", name, "--url", "http://127.0.0.1:18500", "--cmd", cmd, "--api-key", MASTER_KEY,
+            "--ready-path", "/health", "--out", str(out), *common)
+    return out
+
+
+def peak_rss_mb(run: dict) -> float:
+    """The target's peak RSS from a harness result (VmHWM, else the sampled maximum)."""
+    return (run.get("vmhwm_kb") or run.get("peak_rss_kb_sampled") or 0) / 1024
+
+
 def run_round(name: str, results: Path, tmp: str, common: list[str]) -> Path:
     out = results / f"{name}.json"
     if name.startswith("floor"):
-        cmd = (f"{FLOOR_VENV}/bin/uvicorn passthrough_aiohttp:app --app-dir {HARNESS}/targets "
-               "--host 127.0.0.1 --port {port} --loop uvloop --http httptools --no-access-log --log-level warning")
-        harness("run", "--name", name, "--url", "http://127.0.0.1:18200", "--cmd", cmd, "--out", str(out), *common)
-    else:
-        routing = "false" if name.startswith("norouting") else "true"
-        cmd = (f"env LLM_PROXY__DATABASE__PATH={tmp}/{name}.db LLM_PROXY__PROVIDERS__OPENAI__BASE_URL={{upstream_v1}} "
-               f"LLM_PROXY__PROVIDERS__SPARE__BASE_URL={{upstream_v1}} LLM_PROXY__ROUTING__ENABLED={routing} "
-               f"{ROOT}/.venv/bin/llm-proxy serve --config {ROOT}/bench/config.yaml --host 127.0.0.1 --port {{port}}")
-        harness("run", "--name", name, "--url", "http://127.0.0.1:18500", "--cmd", cmd, "--api-key", MASTER_KEY,
-                "--ready-path", "/health", "--out", str(out), *common)
-    return out
+        return run_floor(name, out, common)
+    routing = not name.startswith("norouting")
+    return run_gateway(name, out, common, gateway_cmd(ROOT, f"{tmp}/{name}.db", routing))
 
 
 def routing_cost(pairs: list[tuple[Path, Path]]) -> str:
@@ -84,7 +112,7 @@ def summarize(pairs: list[tuple[Path, Path]]) -> str:
     for floor_path, gw_path in pairs:
         floor = json.loads(floor_path.read_text())["summary"]
         gw_run = json.loads(gw_path.read_text())
-        rss_mb = (gw_run.get("vmhwm_kb") or gw_run.get("peak_rss_kb_sampled") or 0) / 1024
+        rss_mb = peak_rss_mb(gw_run)
         for name, g in gw_run["summary"].items():
             f = floor.get(name)
             if f is None:
@@ -120,8 +148,7 @@ def main() -> int:
     ensure_setup()
     results = ROOT / "results"
     results.mkdir(exist_ok=True)
-    common = ["--scenarios", args.scenarios, "--repeats", args.repeats, "--duration", args.duration,
-              "--model", "gpt-4o-mini", "--warmup", "3"]
+    common = harness_options(args.scenarios, args.repeats, args.duration)
     pairs, routing = [], []
     with tempfile.TemporaryDirectory(prefix="llm-proxy-bench-") as tmp:
         for i in range(1, args.rounds + 1):
