@@ -28,7 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from llm_proxy.storage.request_log import DAY, LOG_COLUMNS, UsageRollup, open_database, write_rows  # noqa: E402
+from llm_proxy.storage.request_log import (  # noqa: E402
+    DAY,
+    LOG_COLUMNS,
+    LogRow,
+    UsageRollup,
+    open_database,
+    write_rows,
+)
 from llm_proxy.storage.usage_queries import Filters, breakdown, list_logs, summary, timeseries  # noqa: E402
 
 # The log ends at a ragged time (not on an hour) so that queries read hourly edges as well as whole days.
@@ -45,7 +52,7 @@ RARE_MODEL = "o1-preview"  # ~40 rows in the whole log: the listing's needle in 
 INSERT = f"INSERT INTO request_logs ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' * len(LOG_COLUMNS))})"
 
 
-def synthetic_rows(n: int, days: int = 30, seed: int = 7) -> list[tuple[Any, ...]]:
+def synthetic_rows(n: int, days: int = 30, seed: int = 7) -> list[LogRow]:
     """Log tuples in ts order. Each of 200 clients (Zipf-weighted) has 1-4 habits (endpoint, model or group).
 
     One 64-bit draw per row, sliced, and pools of log-normal latencies and token counts: the
@@ -71,23 +78,31 @@ def synthetic_rows(n: int, days: int = 30, seed: int = 7) -> list[tuple[Any, ...
         ts = start + (i + ((bits >> 46) & 0x3FF) / 1024) * step
         if (bits >> 16) & 0x3FF >= 41:  # ~96 % answered
             latency, prompt, completion = served[(bits >> 34) & 0xFFF]
-            rows.append((
-                ts, f"req_{seed:02x}{i:010x}", endpoint, f"key_{c:04d}", model, model, provider, model, 200, None,
-                None, i & 1, prompt, completion, completion // 2 if model == "deepseek-reasoner" else 0,
-                prompt // 4 if i % 5 == 0 else 0, 0, prompt * 2.5e-6 + completion * 1e-5, latency,
-                round(latency / 3, 3), 0.4, None, "stop", None, None, group or None, None,
+            rows.append(LogRow(
+                ts=ts, request_id=f"req_{seed:02x}{i:010x}", endpoint=endpoint, client_key_id=f"key_{c:04d}",
+                requested_model=model, resolved_model=model, provider=provider, upstream_model=model, status=200,
+                error_type=None, error_message=None, stream=i & 1, prompt_tokens=prompt,
+                completion_tokens=completion,
+                reasoning_tokens=completion // 2 if model == "deepseek-reasoner" else 0,
+                cached_tokens=prompt // 4 if i % 5 == 0 else 0, usage_estimated=0,
+                cost_usd=prompt * 2.5e-6 + completion * 1e-5, latency_ms=latency, ttft_ms=round(latency / 3, 3),
+                overhead_ms=0.4, upstream_request_id=None, finish_reason="stop", route=None, attempts=None,
+                group_name=group or None, tags=None,
             ))
             continue
         status = ERRORS[((bits >> 26) & 0xFF) % len(ERRORS)]
         known = status != 401  # an unauthenticated request has no client and was never routed
         routed = known and not (group and status == 500)  # a group that found no deployment: no model
-        rows.append((
-            ts, f"req_{seed:02x}{i:010x}", endpoint, f"key_{c:04d}" if known else None, group or model,
-            model if routed else None, provider if routed else None, model if routed else None, status,
-            "upstream_error", None, i & 1, None, None, None, None, 0, None, failed[(bits >> 34) & 0xFFF], None,
-            0.4, None, None, None, None, (group or None) if known else None, None,
+        rows.append(LogRow(
+            ts=ts, request_id=f"req_{seed:02x}{i:010x}", endpoint=endpoint,
+            client_key_id=f"key_{c:04d}" if known else None, requested_model=group or model,
+            resolved_model=model if routed else None, provider=provider if routed else None,
+            upstream_model=model if routed else None, status=status, error_type="upstream_error",
+            error_message=None, stream=i & 1, prompt_tokens=None, completion_tokens=None, reasoning_tokens=None,
+            cached_tokens=None, usage_estimated=0, cost_usd=None, latency_ms=failed[(bits >> 34) & 0xFFF],
+            ttft_ms=None, overhead_ms=0.4, upstream_request_id=None, finish_reason=None, route=None,
+            attempts=None, group_name=(group or None) if known else None, tags=None,
         ))
-    assert len(rows[0]) == len(LOG_COLUMNS)
     return rows
 
 
@@ -201,7 +216,7 @@ def writer_cost(rows: int = 60_000, batch: int = 300) -> dict[str, tuple[float, 
     mixed = synthetic_rows(rows, 1, seed=11)
     same = {"endpoint": "chat.completions", "client_key_id": "key_0001", "resolved_model": "gpt-4o",
             "provider": "openai", "group_name": None}
-    one = [tuple(same.get(name, value) for name, value in zip(LOG_COLUMNS, r, strict=True)) for r in mixed]
+    one = [r._replace(**same) for r in mixed]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for shape, data in (("one series", one), ("mixed", mixed)):

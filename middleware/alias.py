@@ -24,7 +24,8 @@ class AliasMiddleware:
         if ctx is None or ctx.surface is None or not ctx.surface.names_model or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        raw = await read_body(scope, receive, ctx.runtime.max_body_bytes)
+        intake = ctx.runtime.intake
+        raw = await read_body(scope, receive, intake.max_body_bytes)
         body = parse_json_object(raw)
         ctx.raw_body = raw
         ctx.body = body
@@ -38,7 +39,7 @@ class AliasMiddleware:
             raise bad_request("stream must be a boolean", param="stream", code="invalid_type")
         ctx.stream = bool(stream)
         ctx.requested_model = model
-        aliases = ctx.runtime.aliases
+        aliases = intake.aliases
         while model in aliases:  # chains are cycle-checked at config load
             target = aliases[model]
             ctx.route.append(f"alias {model} -> {target}")

@@ -2,9 +2,10 @@
 
 With no key configured at all, the gateway is not an open proxy: it serves loopback
 clients only (and the CLI binds 127.0.0.1). Keys are looked up in memory through the
-runtime's ``KeyLookup`` (config keys, then database keys), never logged, and never echoed back in an error. A revoked or unknown key is 401
-``invalid_api_key``; an expired one is 401 ``api_key_expired``. A key's tags go to
-``ctx.metadata["tags"]``, hence to the request log.
+snapshot's key lookup part (config keys, then database keys), never logged, and never
+echoed back in an error. A revoked or unknown key is 401 ``invalid_api_key``; an expired
+one is 401 ``api_key_expired``. A key's tags go to ``ctx.metadata["tags"]``, hence to the
+request log.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost", "testclient"})
 
 
 def _presented_key(scope: Scope) -> str | None:
+    name: bytes
+    value: bytes
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")

@@ -2,19 +2,17 @@
 
 ``x-llm-proxy-overhead-ms`` on the response is the time from request arrival to response
 start minus the time spent waiting on the upstream — what the gateway itself added. Cost
-is computed once the response has ended (a stream's usage arrives last) from the catalog,
-with the serving provider's prices first and the model creator's after.
+is computed once the response has ended (a stream's usage arrives last) by the snapshot's
+pricing part: the serving provider's prices first, the model creator's after.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy.core.context import get_context
-from llm_proxy.runtime.request_end import price
 
 __all__ = ["MeteringMiddleware"]
 
@@ -29,7 +27,7 @@ class MeteringMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_overhead(message: dict[str, Any]) -> None:
+        async def send_with_overhead(message: Message) -> None:
             if message["type"] == "http.response.start":
                 overhead = (time.perf_counter() - ctx.started) - ctx.upstream_elapsed
                 ctx.overhead_ms = overhead * 1000.0
@@ -43,4 +41,4 @@ class MeteringMiddleware:
             await self.app(scope, receive, send_with_overhead)
         finally:
             if ctx.cost is None:  # an endpoint may have priced the request itself (per image)
-                ctx.cost = price(ctx)
+                ctx.cost = ctx.runtime.pricing.cost(ctx.target, ctx.usage, ctx.model, ctx.group)

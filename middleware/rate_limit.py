@@ -3,11 +3,11 @@
 Sits after group routing, so the requested name, the group and the resolved model are known.
 Config keys carry no policy and pass with one attribute check (``client.metered``), which
 keeps the gateway's throughput where it was. For a database key, every check and every
-reservation happens without an ``await`` in between (exact under concurrency, see
-``llm_proxy.access.rate_windows``); when the response has ended — stream finished, client gone or upstream
-failed — the ``finally`` below corrects the token reservation to the real usage and
-charges the key's ledger with ``ctx.cost``, which the metering layer (inside this one)
-has set by then, partial streams included.
+reservation happens without an ``await`` in between (exact under concurrency: see the
+limiter the app hands in, ``llm_proxy.access.rate_windows``); when the response has ended —
+stream finished, client gone or upstream failed — the ``finally`` below corrects the token
+reservation to the real usage and charges the key's ledger with ``ctx.cost``, which the
+metering layer (inside this one) has set by then, partial streams included.
 
 A model is allowed when the key has no list, or when the list names the requested model
 or alias, the group it named, or the concrete model it resolved to (``provider/model``
@@ -16,15 +16,12 @@ pins must be listed as written).
 
 from __future__ import annotations
 
-from typing import Any
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from llm_proxy.access.rate_windows import RateLimiter, token_estimate
-from llm_proxy.access.spend_ledger import SpendLedger
-from llm_proxy.core.context import ClientIdentity, RequestContext, Usage, get_context
+from llm_proxy.core.context import ClientIdentity, RequestContext, get_context
 from llm_proxy.core.errors import ProxyError
-from llm_proxy.runtime.request_end import price
+from llm_proxy.core.parts import Ledger, Limiter
+from llm_proxy.core.tokens import token_estimate
 
 __all__ = ["RateLimitMiddleware", "model_allowed"]
 
@@ -37,12 +34,7 @@ def _cost_estimate(ctx: RequestContext, prompt: int, completion: int) -> float:
     """What the request would cost at its first candidate's price, if it used its whole cap."""
     if not ctx.candidates:
         return 0.0
-    target = ctx.candidates[0]
-    provider = ctx.runtime.providers.get(target.provider)
-    if provider is None:
-        return 0.0
-    usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
-    return ctx.runtime.catalog.cost(target.model, provider.catalog_id, usage) or 0.0
+    return ctx.runtime.pricing.estimate(ctx.candidates[0], prompt, completion)
 
 
 def _budgeted(client: ClientIdentity) -> bool:
@@ -51,7 +43,7 @@ def _budgeted(client: ClientIdentity) -> bool:
 
 
 class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, limiter: RateLimiter, ledger: SpendLedger) -> None:
+    def __init__(self, app: ASGIApp, *, limiter: Limiter, ledger: Ledger) -> None:
         self.app = app
         self.limiter = limiter
         self.ledger = ledger
@@ -79,7 +71,7 @@ class RateLimitMiddleware:
         self.ledger.reserve(client.key_id, reserved)
         headers = admission.headers if admission is not None else None
 
-        async def send_with_limits(message: dict[str, Any]) -> None:
+        async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *(headers or ())]
             await send(message)
@@ -88,9 +80,9 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send_with_limits if headers else send)
         finally:
             if admission is not None:
-                self.limiter.release(admission, ctx.usage.total_tokens if ctx.usage is not None else 0)
+                admission.release(ctx.usage.total_tokens if ctx.usage is not None else 0)
             if ctx.cost is None and ctx.usage is not None:  # metering not in the chain: price it here
-                ctx.cost = price(ctx)
+                ctx.cost = ctx.runtime.pricing.cost(ctx.target, ctx.usage, ctx.model, ctx.group)
             self.ledger.settle(client.key_id, ctx.started_wall, reserved, ctx.cost)
             for started_wall, cost in ctx.metadata.get("side_costs", ()):  # a group's classifier call
                 self.ledger.settle(client.key_id, started_wall, 0.0, cost)

@@ -17,12 +17,12 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy.core import metrics
+from llm_proxy.core.chain import RequestEnd
 from llm_proxy.core.context import SCOPE_KEY, RequestContext
 from llm_proxy.core.errors import ProxyError, send_error
+from llm_proxy.core.parts import SnapshotSource
 from llm_proxy.core.scope import header, route_path
 from llm_proxy.core.surfaces import surface_for
-from llm_proxy.runtime.request_end import finish_request
-from llm_proxy.runtime.snapshot import RuntimeHolder
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -44,9 +44,10 @@ def _request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, holder: RuntimeHolder) -> None:
+    def __init__(self, app: ASGIApp, *, holder: SnapshotSource, finish: RequestEnd) -> None:
         self.app = app
         self.holder = holder
+        self.finish = finish  # the request's log row and metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,8 +77,9 @@ class RequestContextMiddleware:
         if surface is not None:
             metrics.IN_FLIGHT.inc()
         try:
-            if not ctx.runtime.started:  # mounted without its lifespan: start lazily
-                await ctx.runtime.ensure_started()
+            if not self.holder.started:  # mounted without its lifespan: start lazily
+                await self.holder.ensure_started()
+                ctx.runtime = self.holder.current
             await self.app(scope, receive, send_with_id)
         except ProxyError as exc:
             if not response_started:
@@ -99,6 +101,6 @@ class RequestContextMiddleware:
                 metrics.IN_FLIGHT.dec()
                 ctx.finished_at = time.perf_counter()
                 try:
-                    finish_request(ctx)
+                    self.finish(ctx)
                 except Exception:  # logging must never turn a served request into a failure
                     logger.exception("could not record request %s", request_id)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 __all__ = ["check_bool", "check_str_list", "unknown_keys"]
 
 
-def unknown_keys(config: Mapping[Any, Any], allowed: Iterable[str]) -> list[str]:
+def unknown_keys(config: Iterable[object], allowed: Iterable[str]) -> list[str]:
     """Typos in config keys would otherwise be silently ignored."""
-    allowed = sorted(allowed)
-    return [f"{key}: unknown key (allowed: {', '.join(allowed)})" for key in config if key not in allowed]
+    names = sorted(allowed)
+    return [f"{key}: unknown key (allowed: {', '.join(names)})" for key in config if key not in names]
 
 
-def check_str_list(config: Mapping[str, Any], key: str) -> list[str]:
+def check_str_list(config: Mapping[str, object], key: str) -> list[str]:
     """A present ``key`` must be a non-empty list of non-empty strings."""
     value = config.get(key)
     if key in config and (
@@ -24,7 +23,7 @@ def check_str_list(config: Mapping[str, Any], key: str) -> list[str]:
     return []
 
 
-def check_bool(config: Mapping[str, Any], key: str) -> list[str]:
+def check_bool(config: Mapping[str, object], key: str) -> list[str]:
     if key in config and not isinstance(config[key], bool):
         return [f"{key}: expected true or false"]
     return []

@@ -6,9 +6,8 @@ a client's own system/developer prompt always wins and is never touched.
 
 from __future__ import annotations
 
-from typing import Any
-
 from llm_proxy.core.context import RequestContext
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.plugins._checks import check_str_list, unknown_keys
 from llm_proxy.plugins.registry import Plugin, register
 
@@ -26,14 +25,14 @@ class EnglishSystemPrompt(Plugin):
     stages = frozenset({"before"})
 
     @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> list[str]:
+    def validate_config(cls, config: JSONObject) -> list[str]:
         errors = unknown_keys(config, ("providers", "text"))
         errors += check_str_list(config, "providers")
         if "text" in config and not (isinstance(config["text"], str) and config["text"].strip()):
             errors.append("text: expected a non-empty string")
         return errors
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: JSONObject) -> None:
         super().__init__(config)
         providers = config.get("providers")
         self.providers: frozenset[str] | None = frozenset(providers) if providers is not None else None

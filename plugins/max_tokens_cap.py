@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from llm_proxy.core.context import RequestContext
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.plugins._checks import check_bool, check_str_list, unknown_keys
 from llm_proxy.plugins.registry import Plugin, register
 
@@ -23,7 +22,7 @@ class MaxTokensCap(Plugin):
     stages = frozenset({"before"})
 
     @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> list[str]:
+    def validate_config(cls, config: JSONObject) -> list[str]:
         errors = unknown_keys(config, ("max_tokens", "models", "set_when_missing"))
         cap = config.get("max_tokens")
         if "max_tokens" not in config:
@@ -34,7 +33,7 @@ class MaxTokensCap(Plugin):
         errors += check_bool(config, "set_when_missing")
         return errors
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: JSONObject) -> None:
         super().__init__(config)
         self.cap: int = config["max_tokens"]
         models = config.get("models")

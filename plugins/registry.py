@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from llm_proxy.core.context import RequestContext
 from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.jsontypes import JSONObject
 
 __all__ = [
     "STAGES",
@@ -69,11 +70,11 @@ class Plugin:
     name: ClassVar[str] = ""
     stages: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: JSONObject) -> None:
         self.config = config
 
     @classmethod
-    def validate_config(cls, config: dict[str, Any]) -> list[str]:
+    def validate_config(cls, config: JSONObject) -> list[str]:
         return []
 
     async def before(self, ctx: RequestContext) -> None:
@@ -136,7 +137,7 @@ def _spec_stages(cls: type[Plugin], stage: str | None) -> frozenset[str]:
     return frozenset((stage,)) if stage is not None else cls.stages
 
 
-def validate_specs(specs: Any, registry: Registry = default_registry) -> list[str]:
+def validate_specs(specs: object, registry: Registry = default_registry) -> list[str]:
     """Check the YAML ``plugins:`` list; returns every problem, each prefixed with its path.
 
     ``None`` (no ``plugins:`` key) is an empty list, and ``config: null`` an empty config.
@@ -198,7 +199,7 @@ def validate_specs(specs: Any, registry: Registry = default_registry) -> list[st
     return errors
 
 
-def _config_errors(cls: type[Plugin], config: dict[str, Any], at: str) -> list[str]:
+def _config_errors(cls: type[Plugin], config: JSONObject, at: str) -> list[str]:
     try:
         problems = cls.validate_config(config)
     except Exception as exc:  # a validator bug must not hide the other errors
@@ -236,7 +237,7 @@ class PluginChain:
 
     @classmethod
     def from_specs(
-        cls, specs: Sequence[Mapping[str, Any]] | None, registry: Registry = default_registry
+        cls, specs: Sequence[JSONObject] | None, registry: Registry = default_registry
     ) -> PluginChain:
         """Instantiate the enabled specs; assumes ``validate_specs`` returned no errors."""
         stages: dict[str, list[Plugin]] = {"before": [], "after": [], "error": []}

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import sys
+from collections.abc import Callable
 
 from llm_proxy.core.config import ConfigError, default_config_path
 
@@ -27,21 +28,24 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llm_proxy.app import create_app
-    from llm_proxy.runtime.snapshot import check_config
+    from llm_proxy.runtime.build import check_config
+    from llm_proxy.runtime.holder import RuntimeHolder
 
-    config = check_config(args.config)
+    source = args.config or default_config_path()
+    config = check_config(source)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    app = create_app(config)
-    if app.state.runtime_holder.current.keys.open and not _is_loopback(host):
+    app = create_app(config, source=source)  # what to serve, and the file SIGHUP and the reload API re-read
+    holder: RuntimeHolder = app.state.runtime_holder
+    if holder.current.keys.open and not _is_loopback(host):
         logger.warning(
             "no client keys configured: binding 127.0.0.1 instead of %s so this is not an open proxy "
             "(set auth.master_key or LLM_PROXY__AUTH__MASTER_KEY to serve other hosts)",
             host,
         )
         host = "127.0.0.1"
-    logger.info("llm-proxy listening on http://%s:%d (config %s)", host, port, args.config or default_config_path())
+    logger.info("llm-proxy listening on http://%s:%d (config %s)", host, port, source)
     uvicorn.run(
         app,
         host=host,
@@ -54,14 +58,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from llm_proxy.runtime.snapshot import Runtime, check_config
+    from llm_proxy.runtime.build import build_runtime, check_config
 
     config = check_config(args.config)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
-    runtime = Runtime.build(config)
-    enabled = [n for n, p in runtime.providers.items() if p.enabled]
+    runtime = build_runtime(config)
+    enabled = [n for n, p in runtime.upstreams.providers.items() if p.enabled]
     print(f"config OK: {len(config.providers)} provider(s), {len(enabled)} enabled ({', '.join(enabled) or 'none'}), "
-          f"{len(runtime.models)} model(s), {len(config.aliases)} alias(es), {len(config.plugins)} plugin(s)")
+          f"{len(runtime.routes.models)} model(s), {len(config.aliases)} alias(es), {len(config.plugins)} plugin(s)")
     return 0
 
 
@@ -163,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     reset.set_defaults(func=_reset_admin)
     _keys_parser(sub)
     args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func
     try:
-        return args.func(args)
+        return command(args)
     except ConfigError as exc:
         print(f"llm-proxy: invalid configuration\n{exc}", file=sys.stderr)
         return 2

@@ -26,8 +26,8 @@ from llm_proxy.testing.mock_upstream import MockUpstream
 MASTER_KEY = "sk-test-master-0123456789"
 CLIENT_KEY = "sk-test-client-0123456789"
 UPSTREAM_KEY = "sk-upstream-secret-abcdef"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
+# Recorded provider traffic, kept in the repository (provenance in tests/fixtures/INDEX.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def gateway_config(upstream_v1: str, db_path: Path, **overrides: Any) -> dict[str, Any]:

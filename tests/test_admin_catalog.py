@@ -356,7 +356,7 @@ def test_admin_changes_reuse_the_loaded_file_and_a_reload_keeps_them(make_gatewa
     api = admin(gw)
     path = tmp_path / "edited.yaml"
     path.write_text(yaml.safe_dump({**gw.config_source, "aliases": {"gpt4": "gpt-4o", "newer": "gpt-4o"}}))
-    gw.app.state.runtime_holder.config_path = path  # someone is editing the file: not reloaded yet
+    gw.app.state.runtime_holder.source = path  # someone is editing the file: not reloaded yet
 
     assert api.put("/api/groups/mine", json={"targets": ["gpt-4o"]}).status_code == 201
     assert api.patch("/api/providers/deepseek", json={"enabled": False}).status_code == 200

@@ -81,7 +81,7 @@ def test_500_concurrent_requests_all_answered_and_logged_once(mock: MockUpstream
 
 
 def test_slow_log_writer_never_delays_requests(mock: MockUpstream, gateway: Gateway) -> None:
-    writer = gateway.runtime.log_writer
+    writer = gateway.runtime.request_log.writer
     entered, release = threading.Event(), threading.Event()
     real_write = writer._write
 
@@ -109,7 +109,7 @@ def test_slow_log_writer_never_delays_requests(mock: MockUpstream, gateway: Gate
 
 def test_stopping_the_gateway_drains_the_log_queue(mock: MockUpstream, make_gateway: Any) -> None:
     gw = make_gateway(request_log={"batch_size": 1})
-    writer = gw.runtime.log_writer
+    writer = gw.runtime.request_log.writer
     release = threading.Event()
     real_write = writer._write
 

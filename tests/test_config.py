@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from llm_proxy.core.config import ConfigError, load_config, parse_config
-from llm_proxy.runtime.snapshot import Runtime
+from llm_proxy.core.config import ConfigError
+from llm_proxy.routing.validation import load_config, parse_config  # every check: plugins and groups too
+from llm_proxy.runtime.build import build_runtime
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config.yaml"
 CLOUD_KEYS = {
@@ -396,10 +397,10 @@ def test_provider_without_key_is_disabled_with_one_warning(caplog: pytest.LogCap
     }
     config = parse_config(raw, {"DEEPSEEK_API_KEY": "sk-deepseek"})
     with caplog.at_level(logging.WARNING, logger="llm_proxy"):
-        runtime = Runtime.build(config)
-    assert runtime.providers["openai"].enabled is False
-    assert runtime.providers["deepseek"].enabled is True
-    assert "OPENAI_API_KEY" in (runtime.providers["openai"].disabled_reason or "")
+        runtime = build_runtime(config)
+    assert runtime.upstreams.providers["openai"].enabled is False
+    assert runtime.upstreams.providers["deepseek"].enabled is True
+    assert "OPENAI_API_KEY" in (runtime.upstreams.providers["openai"].disabled_reason or "")
     warnings = _provider_warnings(caplog)
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "openai" in warnings[0].getMessage()
@@ -410,8 +411,8 @@ def test_provider_without_key_is_disabled_with_one_warning(caplog: pytest.LogCap
 def test_provider_with_a_literal_empty_key_is_disabled_with_a_reason(caplog: pytest.LogCaptureFixture) -> None:
     config = parse_config({"providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}}}, {})
     with caplog.at_level(logging.WARNING, logger="llm_proxy"):
-        runtime = Runtime.build(config)
-    assert runtime.providers["p"].enabled is False
+        runtime = build_runtime(config)
+    assert runtime.upstreams.providers["p"].enabled is False
     warnings = _provider_warnings(caplog)
     assert len(warnings) == 1 and "no api_key" in warnings[0].getMessage()
 
@@ -420,8 +421,8 @@ def test_provider_that_needs_no_key_is_enabled_without_one(caplog: pytest.LogCap
     raw = {"providers": {"local": {"base_url": "http://127.0.0.1:11434/v1", "api_key_required": False,
                                    "api_key": "${LOCAL_KEY:-}", "models": ["llama3.2"]}}}
     with caplog.at_level(logging.WARNING, logger="llm_proxy"):
-        runtime = Runtime.build(parse_config(raw, {}))
-    local = runtime.providers["local"]
+        runtime = build_runtime(parse_config(raw, {}))
+    local = runtime.upstreams.providers["local"]
     assert local.enabled is True and local.disabled_reason is None
     assert "authorization" not in local.headers
     assert _provider_warnings(caplog) == []
@@ -430,9 +431,9 @@ def test_provider_that_needs_no_key_is_enabled_without_one(caplog: pytest.LogCap
 def test_provider_disabled_in_config_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:
     raw = {"providers": {"off": {"base_url": "http://127.0.0.1:1/v1", "enabled": False}}}
     with caplog.at_level(logging.WARNING, logger="llm_proxy"):
-        runtime = Runtime.build(parse_config(raw, {}))
-    assert runtime.providers["off"].enabled is False
-    assert runtime.providers["off"].disabled_reason == "disabled in config"
+        runtime = build_runtime(parse_config(raw, {}))
+    assert runtime.upstreams.providers["off"].enabled is False
+    assert runtime.upstreams.providers["off"].disabled_reason == "disabled in config"
     assert _provider_warnings(caplog) == []
 
 
@@ -448,34 +449,34 @@ def test_shipped_config_loads_with_an_empty_environment(caplog: pytest.LogCaptur
     assert set(CLOUD_KEYS) <= set(config.providers)
     assert config.auth.master_key == ""
     with caplog.at_level(logging.WARNING, logger="llm_proxy"):
-        runtime = Runtime.build(config)
-    assert not any(p.enabled for p in runtime.providers.values())
+        runtime = build_runtime(config)
+    assert not any(p.enabled for p in runtime.upstreams.providers.values())
     for name, var in CLOUD_KEYS.items():
-        assert runtime.providers[name].disabled_reason == f"{var} is not set"
+        assert runtime.upstreams.providers[name].disabled_reason == f"{var} is not set"
     messages = [r.getMessage() for r in _provider_warnings(caplog)]
     assert len(messages) == len(CLOUD_KEYS), messages  # one line per cloud provider; local ones are off
     for var in CLOUD_KEYS.values():
         assert sum(var in m for m in messages) == 1
     # every alias points at a model some provider lists
     for alias, target in config.aliases.items():
-        assert target in runtime.models, alias
+        assert target in runtime.routes.models, alias
 
 
 def test_shipped_config_enables_openai_when_its_key_is_set() -> None:
     config = load_config(SHIPPED, {"OPENAI_API_KEY": "sk-upstream-openai"})
-    runtime = Runtime.build(config)
-    assert runtime.providers["openai"].enabled is True
-    assert runtime.providers["openai"].headers["authorization"] == "Bearer sk-upstream-openai"
-    assert [n for n, p in runtime.providers.items() if p.enabled] == ["openai"]
+    runtime = build_runtime(config)
+    assert runtime.upstreams.providers["openai"].enabled is True
+    assert runtime.upstreams.providers["openai"].headers["authorization"] == "Bearer sk-upstream-openai"
+    assert [n for n, p in runtime.upstreams.providers.items() if p.enabled] == ["openai"]
     assert "providers.openai.api_key" not in config.missing_env
 
 
 def test_shipped_config_local_providers_follow_their_variables() -> None:
     config = load_config(SHIPPED, {"OLLAMA_ENABLED": "true", "OLLAMA_BASE_URL": "http://10.1.2.3:11434/v1"})
-    runtime = Runtime.build(config)
-    assert runtime.providers["ollama"].enabled is True
-    assert runtime.providers["ollama"].base_url == "http://10.1.2.3:11434/v1"
-    assert runtime.providers["vllm"].enabled is False
+    runtime = build_runtime(config)
+    assert runtime.upstreams.providers["ollama"].enabled is True
+    assert runtime.upstreams.providers["ollama"].base_url == "http://10.1.2.3:11434/v1"
+    assert runtime.upstreams.providers["vllm"].enabled is False
 
 
 @pytest.mark.parametrize("name", _shipped_providers())

@@ -1,7 +1,7 @@
 """Cross-format conformance: every wire format the gateway speaks, the same invariants.
 
 ``FORMATS`` lists, per provider wire format, the recorded streams and non-streaming responses
-in ``/work/shared/fixtures`` with the facts read from each file by hand (written as literals, the
+in ``tests/fixtures`` with the facts read from each file by hand (written as literals, the
 file named beside them). Each stream is turned into OpenAI ``chat.completion.chunk`` dicts — by
 SSE-decoding the pass-through bytes (OpenAI-compatible upstreams) or by the format's
 ``StreamDecoder`` (native translators) — and then checked generically: text survives being split
@@ -18,19 +18,19 @@ from __future__ import annotations
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from conftest import FIXTURES
 
 from llm_proxy.core.config import ProviderConfig
 from llm_proxy.core.context import Usage
 from llm_proxy.core.sse import SSEDecoder
-from llm_proxy.providers import NATIVE_FORMATS, translator
+from llm_proxy.providers import FORMATS as WIRE_FORMATS
+from llm_proxy.providers import wire_format
 from llm_proxy.providers.openai import ChatStreamMeter, parse_chat_response, upstream_error, usage_from
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 MODEL = "conformance-model"
 
 # What an OpenAI client may see as a finish reason (``function_call`` is legacy: never produced).
@@ -268,7 +268,7 @@ def test_every_provider_type_has_a_format() -> None:
     types = _provider_types()
     assert types, "ProviderConfig.type is no longer a Literal"
     assert set(FORMATS) == types | OPENAI_COMPATIBLE
-    assert {name for name, fmt in FORMATS.items() if fmt.wire != "openai"} == set(NATIVE_FORMATS)
+    assert {fmt.wire for fmt in FORMATS.values()} == set(WIRE_FORMATS) == types
     for name, fmt in FORMATS.items():
         assert fmt.wire == ("openai" if name == "openai" or name in OPENAI_COMPATIBLE else name), name
 
@@ -333,7 +333,7 @@ def _run_openai(pieces: Iterable[bytes]) -> Run:
 
 
 def _run_native(wire: str, pieces: Iterable[bytes]) -> Run:
-    decoder = translator(wire).StreamDecoder(MODEL)
+    decoder = wire_format(wire).stream_decoder(MODEL)
     chunks = [c for piece in pieces for c in decoder.feed(piece)]
     chunks += decoder.finish()
     return Run(chunks, decoder.usage, decoder.finish_reason, decoder.error)
@@ -494,7 +494,7 @@ def _response(wire: str, fixture: str, want: Expect) -> None:
         body = orjson.loads(data)
         assert model == body.get("model")
     else:
-        tr = translator(wire).parse_response(data, MODEL)
+        tr = wire_format(wire).parse_chat(data, MODEL)
         body, usage, finish = tr.response, tr.usage, tr.finish_reason
         assert orjson.loads(orjson.dumps(body)) == body  # serialisable as the client will get it
     _check_response(body, usage, finish, want)
@@ -522,7 +522,7 @@ def test_error(name: str) -> None:
     if fmt.wire == "openai":
         err = upstream_error(name, case.http_status, data, {})
     else:
-        err = translator(fmt.wire).parse_error(case.http_status, data)
+        err = wire_format(fmt.wire).parse_error(case.http_status, data)
     assert (err.status, err.type, err.code) == (case.status, case.type, case.code)
     assert err.type in ERROR_TYPES
     assert isinstance(err.message, str) and err.message

@@ -46,7 +46,7 @@ def test_dead_deployment_fails_over_non_streaming_and_streaming(make_gateway: An
         attempts = json.loads(row["attempts"])
         assert [(a["provider"], a["status"]) for a in attempts] == [("first", 502), ("second", 200)]
         assert attempts[0]["error"] == "upstream_unreachable"
-    assert gw.runtime.providers["first"].last_error  # /health shows why
+    assert gw.runtime.upstreams.providers["first"].last_error  # /health shows why
 
 
 def test_client_error_is_not_failed_over(make_gateway: Any, mock: MockUpstream) -> None:

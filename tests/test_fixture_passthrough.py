@@ -234,8 +234,37 @@ def test_non_stream_fixture_relayed_byte_for_byte(
     check_row(row_for(fx_gateway, rid), BODIES[name], stream=False)
 
 
-def test_fixture_files_are_the_shared_ones() -> None:
+def test_relayed_fixture_files_exist() -> None:
     """Guard against a moved fixture tree silently shrinking this module to nothing."""
     for name in [*STREAMS, *BODIES]:
         if not name.startswith("cached/"):
             assert Path(FIXTURES / name).stat().st_size > 0, name
+
+
+def indexed_fixtures(index: str) -> set[str]:
+    """``folder/file`` for every table row of INDEX.md; a table's heading names its folder."""
+    listed: set[str] = set()
+    folder = None
+    for line in index.splitlines():
+        if line.startswith("## "):
+            head = line[3:]
+            folder = head[1:].split("/`", 1)[0] if head.startswith("`") and "/`" in head else None
+        elif folder and line.startswith("| `"):
+            listed.add(f"{folder}/{line[3:].split('`', 1)[0]}")
+    return listed
+
+
+def test_fixture_files_are_indexed_copies() -> None:
+    """Each recorded file has its provenance row in INDEX.md and each row its file; beside the
+    project's shared fixtures (a development checkout), the in-repo copies are byte-identical."""
+    on_disk = {p.relative_to(FIXTURES).as_posix() for p in FIXTURES.rglob("*")
+               if p.is_file() and p.parent != FIXTURES}
+    listed = indexed_fixtures((FIXTURES / "INDEX.md").read_text())
+    assert len(on_disk) > 50
+    assert sorted(on_disk - listed) == [], "fixture files without a row in tests/fixtures/INDEX.md"
+    assert sorted(listed - on_disk) == [], "INDEX.md rows without a file"
+    shared = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    if shared.is_dir():
+        drifted = [rel for rel in sorted(on_disk)
+                   if (shared / rel).is_file() and (shared / rel).read_bytes() != (FIXTURES / rel).read_bytes()]
+        assert drifted == [], "in-repo copies differ from ../shared/fixtures"

@@ -7,15 +7,14 @@ from typing import Any
 
 import pytest
 
+from llm_proxy.core.conditions import RequestFacts, facts_from
 from llm_proxy.core.config import GroupConfig, RuleConfig
 from llm_proxy.core.tokens import estimate_prompt_tokens
 from llm_proxy.routing.groups import (
     MAX_DEPTH,
     GroupResolutionError,
     GroupResolver,
-    RequestFacts,
     bucket_index,
-    facts_from,
     validate_groups,
 )
 

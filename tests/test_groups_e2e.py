@@ -11,7 +11,8 @@ import openai
 import pytest
 from conftest import CLIENT_KEY, Gateway, gateway_config, read_body, serve_asgi
 
-from llm_proxy.core.config import ConfigError, parse_config
+from llm_proxy.core.config import ConfigError
+from llm_proxy.routing.validation import parse_config  # every check: groups too
 from llm_proxy.testing.mock_upstream import MockUpstream
 
 

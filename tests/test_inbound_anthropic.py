@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -14,6 +13,7 @@ import httpx2 as httpx  # anthropic 2.x is built on httpx2
 import orjson
 import pytest
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
+from conftest import FIXTURES as FIX
 from pydantic import TypeAdapter
 
 from llm_proxy.core.context import Usage
@@ -28,7 +28,6 @@ from llm_proxy.inbound.anthropic_messages import (
     to_chat,
 )
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 EVENT = TypeAdapter(RawMessageStreamEvent)
 

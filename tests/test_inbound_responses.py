@@ -7,13 +7,13 @@ accumulator are the oracle: what they accept is what a Responses client can cons
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import orjson
 import pytest
+from conftest import FIXTURES
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -21,7 +21,6 @@ from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.inbound.responses import EventStream, from_chat, to_chat
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 EVENT = TypeAdapter(ResponseStreamEvent)
 
 

@@ -128,7 +128,7 @@ def test_in_flight_gauge_counts_open_streams(mock: MockUpstream, gateway: Gatewa
 
 def test_log_queue_depth_and_drops(mock: MockUpstream, make_gateway: Any) -> None:
     gw = make_gateway(request_log={"queue_size": 1, "batch_size": 1})
-    writer = gw.runtime.log_writer
+    writer = gw.runtime.request_log.writer
     entered, release = threading.Event(), threading.Event()
     real_write = writer._write
 

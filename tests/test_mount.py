@@ -143,9 +143,9 @@ def exercise(url: str) -> None:
 def test_mounted_with_lifespan(mock: MockUpstream, tmp_path: Path, wiring: str) -> None:
     db = tmp_path / "mounted.db"
     gateway = create_app(parse_config(gateway_config(mock.base_url_v1, db), {}))
-    runtime = gateway.state.runtime_holder.current
+    holder = gateway.state.runtime_holder
     # hold every row in the queue until the writer is closed, so only a drain can write them
-    writer, closing = runtime.log_writer, threading.Event()
+    writer, closing = holder.current.request_log.writer, threading.Event()
     real_write, real_close = writer._write, writer.close
 
     def held_write(conn: Any, batch: list[Any]) -> None:
@@ -159,12 +159,12 @@ def test_mounted_with_lifespan(mock: MockUpstream, tmp_path: Path, wiring: str) 
     writer._write, writer.close = held_write, close
     host = Host(host_app(gateway, wiring)).start()
     try:
-        assert runtime.started  # by the host's lifespan, before any request
+        assert holder.started  # by the host's lifespan, before any request
         exercise(host.url)
         assert count_rows(db) == 0
     finally:
         host.stop()
-    assert closing.is_set() and not runtime.started  # the host's shutdown closed it
+    assert closing.is_set() and not holder.started  # the host's shutdown closed it
     rows = sqlite3.connect(db).execute("SELECT endpoint, status FROM request_logs ORDER BY id").fetchall()
     assert rows == [("chat.completions", 200), ("chat.completions", 200), ("models", 200),
                     ("chat.completions", 404), ("other", 404)]
@@ -174,18 +174,18 @@ def test_mounted_with_lifespan(mock: MockUpstream, tmp_path: Path, wiring: str) 
 def test_mounted_without_lifespan_starts_on_first_request(mock: MockUpstream, tmp_path: Path) -> None:
     db = tmp_path / "lazy.db"
     gateway = create_app(parse_config(gateway_config(mock.base_url_v1, db), {}))
-    runtime = gateway.state.runtime_holder.current
+    holder = gateway.state.runtime_holder
 
     async def cleanup() -> None:  # test hygiene only: close the upstream clients on their own loop
-        await runtime.aclose()
+        await holder.aclose()
 
     host = Host(host_app(gateway, "none"), after_serve=cleanup).start()
     try:
-        assert not runtime.started
+        assert not holder.started
         # a readiness probe is often the first request: it starts the gateway and sees it ready
         health = httpx.get(host.url + "/llm/health", timeout=5)
         assert (health.status_code, health.json()["ready"]) == (200, True)
-        assert runtime.started
+        assert holder.started
         exercise(host.url)
         deadline = time.monotonic() + 5
         while count_rows(db) < 5 and time.monotonic() < deadline:
@@ -198,18 +198,19 @@ def test_mounted_without_lifespan_starts_on_first_request(mock: MockUpstream, tm
 def test_concurrent_first_requests_start_once(mock: MockUpstream, tmp_path: Path) -> None:
     db = tmp_path / "lazy-burst.db"
     gateway = create_app(parse_config(gateway_config(mock.base_url_v1, db), {}))
-    runtime = gateway.state.runtime_holder.current
+    holder = gateway.state.runtime_holder
+    writer = holder.current.request_log.writer
     starts: list[float] = []
-    real_start = runtime.log_writer.start
+    real_start = writer.start
 
     def counting_start() -> None:
         starts.append(time.monotonic())
         real_start()
 
-    runtime.log_writer.start = counting_start
+    writer.start = counting_start
 
     async def cleanup() -> None:
-        await runtime.aclose()
+        await holder.aclose()
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -243,7 +244,7 @@ SCRIPT = textwrap.dedent(
     config, key = json.loads(sys.argv[1]), sys.argv[2]
     gateway = create_app(parse_config(config, {}))
     host = Starlette(routes=[Mount("/llm", app=gateway)])  # the lifespan is NOT passed on
-    writer = gateway.state.runtime_holder.current.log_writer
+    writer = gateway.state.runtime_holder.current.request_log.writer
     gate = threading.Event()
     real_write = writer._write
 

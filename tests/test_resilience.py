@@ -353,7 +353,7 @@ def test_routing_state_shows_breakers_load_and_latency(make_gateway: Any, mock: 
     assert alive["breaker"] == "closed" and alive["in_flight"] == 0 and alive["latency_ms"] > 0
     unused = state[("gpt-4o-mini", "alive")]  # never asked for: reported idle, no state made for it
     assert (unused["breaker"], unused["in_flight"], unused["latency_ms"]) == ("closed", 0, None)
-    assert gw.runtime.routing.known(gw.runtime.models["gpt-4o-mini"][0]) is None
+    assert gw.runtime.routes.learned.known(gw.runtime.routes.models["gpt-4o-mini"][0]) is None
 
 
 # -- reload ---------------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ def test_reload_keeps_breakers_of_unchanged_deployments(make_gateway: Any, mock:
     config = {**gw.config_source, "aliases": {"fourO": "gpt-4o"}}
     path = tmp_path / "reloaded.yaml"
     path.write_text(yaml.safe_dump(config))
-    gw.app.state.runtime_holder.config_path = path
+    gw.app.state.runtime_holder.source = path
     admin = {"authorization": f"Bearer {MASTER_KEY}"}
     r = httpx.post(gw.url + "/api/config/reload", headers=admin)
     assert r.status_code == 200, r.text

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
+from conftest import FIXTURES
 
 from llm_proxy.core.sse import SSEDecoder, SSEEvent, encode_event
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 def decode(*chunks: bytes) -> list[SSEEvent]:

@@ -152,7 +152,7 @@ def test_total_timeout_ends_stream_with_error_event(mock: MockUpstream, make_gat
 def test_long_generation_with_short_gaps_is_not_cut(mock: MockUpstream, make_gateway: Any) -> None:
     """Longer than httpx's 5 s default timeout overall, but never idle for long: must complete."""
     gw = make_gateway(providers=providers_with_timeouts(mock, read=2, total=30))
-    provider = gw.runtime.providers["openai"]
+    provider = gw.runtime.upstreams.providers["openai"]
     assert (provider.timeout.connect, provider.timeout.read) == (2, 2)  # the config's, not httpx's 5 s
     assert provider.extensions["timeout"]["read"] == 2  # what each upstream request carries
     payload = chat("long\n#mock chunks=51 chunk_ms=100")

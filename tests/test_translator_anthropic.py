@@ -1,19 +1,19 @@
-"""The Anthropic Messages translator against the shared wire-format fixtures."""
+"""The Anthropic Messages translator against the recorded wire-format fixtures (tests/fixtures)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from conftest import FIXTURES
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.providers.anthropic import StreamDecoder, build_request, parse_error, parse_response
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic"
+FIX = FIXTURES / "anthropic"
 MODEL = "claude-sonnet-4-5"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 

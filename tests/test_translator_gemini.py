@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from conftest import FIXTURES
 
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.providers import gemini
 from llm_proxy.providers.gemini import StreamDecoder, build_request, parse_error, parse_response
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "gemini"
+FIX = FIXTURES / "gemini"
 KEY = "AIza-secret-key"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+import conftest
 import orjson
 import pytest
 
@@ -12,7 +12,7 @@ from llm_proxy.core.errors import ProxyError
 from llm_proxy.core.wire import UpstreamCall
 from llm_proxy.providers import ollama
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ollama"
+FIXTURES = conftest.FIXTURES / "ollama"
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 
 

@@ -1,10 +1,10 @@
 """Client-key lookup: key → identity, answered from memory on the hot path.
 
 Keys are compared by their SHA-256 digest, so the tables never hold a usable key and a
-lookup is one dict probe. Two sources sit behind a runtime's ``KeyLookup``
-(``CombinedKeys``): the config file's keys (``StaticKeys``, rebuilt with each runtime, so
-they follow a config reload) and the database's keys (``DatabaseKeys``, made once per app,
-so they survive a reload). Config keys are probed first: the master key cannot be
+lookup is one dict probe. Two sources sit behind a snapshot's key lookup (the auth stage's
+part, ``llm_proxy.core.parts.KeyLookup``; here ``CombinedKeys``): the config file's keys
+(``StaticKeys``, rebuilt with each snapshot, so they follow a config reload) and the
+database's keys (``DatabaseKeys``, made once per app, so they survive a reload). Config keys are probed first: the master key cannot be
 shadowed or locked out by a database edit.
 
 The database index is rebuilt (off the event loop) after every change made through this
@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Protocol
 
 from llm_proxy.accounts.client_keys import ApiKey, ClientStore
 from llm_proxy.core.config import AuthConfig
 from llm_proxy.core.context import ClientIdentity
 
-__all__ = ["CombinedKeys", "DatabaseKeys", "KeyLookup", "StaticKeys", "identity_of", "key_id"]
+__all__ = ["CombinedKeys", "DatabaseKeys", "StaticKeys", "identity_of", "key_id"]
 
 logger = logging.getLogger("llm_proxy")
 
@@ -33,17 +32,6 @@ WATCH_INTERVAL = 2.0
 def key_id(key: str) -> str:
     """A stable, non-secret identifier for a config key (for logs and metrics)."""
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-class KeyLookup(Protocol):
-    """What the auth layer asks: is any key configured, and whose is this one."""
-
-    @property
-    def open(self) -> bool:
-        """True when no key is configured at all (the gateway then serves loopback clients only)."""
-        ...
-
-    def lookup(self, key: str) -> ClientIdentity | None: ...
 
 
 class StaticKeys:

@@ -5,8 +5,8 @@ reserves against all of them without an ``await`` in between — is exact under 
 concurrency: of 200 simultaneous requests against 50 RPM, exactly 50 get through.
 
 Windows slide over the last 60 s. Tokens are reserved at admission from an estimate (the
-prompt estimate plus ``max_tokens``, or ``DEFAULT_COMPLETION_RESERVE`` when the request
-sets no cap) and corrected to the real usage when the response ends; the correction keeps
+prompt estimate plus ``max_tokens``, or ``llm_proxy.core.tokens.DEFAULT_COMPLETION_RESERVE``
+when the request sets no cap) and corrected to the real usage when the response ends; the correction keeps
 the admission time, so a request's tokens leave the window 60 s after it was admitted.
 State is keyed by the key's log id and lives as long as the app: it survives a config
 reload and a key's rotation (both keys share the id), not a restart.
@@ -19,17 +19,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from llm_proxy.core.context import ClientIdentity, RequestContext
+from llm_proxy.core.context import ClientIdentity
 from llm_proxy.core.errors import ProxyError
-from llm_proxy.core.tokens import estimate_prompt_tokens
 
-__all__ = ["DEFAULT_COMPLETION_RESERVE", "PERIOD", "Admission", "RateLimiter", "Window", "duration", "token_estimate"]
+__all__ = ["PERIOD", "Admission", "RateLimiter", "Window", "duration"]
 
 PERIOD = 60.0
-DEFAULT_COMPLETION_RESERVE = 1024  # tokens held for a generation that sets no max_tokens
-_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 class _Event:
@@ -90,19 +86,6 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def token_estimate(ctx: RequestContext) -> tuple[int, int]:
-    """(prompt, completion) tokens to reserve: ~4 characters per token, plus the output cap."""
-    body: dict[str, Any] = ctx.body or {}
-    prompt = estimate_prompt_tokens(body) if isinstance(body.get("messages"), list) else len(ctx.raw_body) // 4
-    if ctx.surface is None or not ctx.surface.generative:
-        return prompt, 0
-    for name in _CAPS:
-        cap = body.get(name)
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
-            return prompt, cap
-    return prompt, DEFAULT_COMPLETION_RESERVE
-
-
 def _too_many(kind: str, message: str, wait: float, headers: list[tuple[bytes, bytes]],
               code: str, retry: bool) -> ProxyError:
     extra = {k.decode(): v.decode() for k, v in headers}
@@ -123,12 +106,16 @@ def _window(table: dict[str, Window], kid: str) -> Window:
 
 @dataclass(slots=True)
 class Admission:
-    """What one admitted request holds, handed back to ``release`` when it ends."""
+    """What one admitted request holds, given back (``release``) when it ends."""
 
+    limiter: RateLimiter
     key_id: str
     tokens: _Event | None = None
     concurrent: bool = False
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def release(self, used_tokens: int) -> None:
+        self.limiter.release(self, used_tokens)
 
 
 class RateLimiter:
@@ -188,7 +175,7 @@ class RateLimiter:
             kind, message, wait, code, retry = refusal
             raise _too_many(kind, message, wait, self._headers(now, client, requests, window), code, retry)
 
-        admission = Admission(kid)
+        admission = Admission(self, kid)
         if requests is not None:
             requests.add(now, 1)
         if window is not None:

@@ -21,14 +21,14 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 import sqlite_utils
 
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.storage.sqlite import SqliteStore
 
 __all__ = [
@@ -114,7 +114,7 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def parse_time(value: Any) -> float | None:
+def parse_time(value: object) -> float | None:
     """An ISO 8601 time (UTC when it names no zone) or epoch seconds, as epoch seconds."""
     if value is None:
         return None
@@ -135,7 +135,7 @@ def parse_time(value: Any) -> float | None:
     return parsed.timestamp()
 
 
-def _positive_int(value: Any) -> int | None:
+def _positive_int(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -143,7 +143,7 @@ def _positive_int(value: Any) -> int | None:
     return value
 
 
-def _usd(value: Any) -> float | None:
+def _usd(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -151,7 +151,7 @@ def _usd(value: Any) -> float | None:
     return float(value)
 
 
-def _models(value: Any) -> tuple[str, ...] | None:
+def _models(value: object) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list | tuple) or not value:
@@ -161,7 +161,7 @@ def _models(value: Any) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(m.strip() for m in value))
 
 
-def _tags(value: Any) -> dict[str, str]:
+def _tags(value: object) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -174,17 +174,17 @@ def _tags(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-_CHECKS = {
+_CHECKS: dict[str, Callable[[object], object]] = {
     "allowed_models": _models, "rpm": _positive_int, "tpm": _positive_int, "max_concurrent": _positive_int,
     "budget_day_usd": _usd, "budget_month_usd": _usd, "budget_total_usd": _usd,
     "expires_at": parse_time, "tags": _tags,
 }  # fmt: skip
 
 
-def check_policy(fields: Mapping[str, Any]) -> dict[str, Any]:
+def check_policy(fields: Mapping[str, object]) -> dict[str, object]:
     """Validated policy fields; raises ClientStoreError (400) naming every bad or unknown field."""
     problems: list[str] = []
-    checked: dict[str, Any] = {}
+    checked: dict[str, object] = {}
     for name, value in fields.items():
         check = _CHECKS.get(name)
         if check is None:
@@ -235,7 +235,7 @@ class ApiKey:
             return "expired"
         return "active" if self.revoked_at is None else "rotating"
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> JSONObject:
         """What the admin API and the CLI show: never the key, never its hash."""
         return {
             "id": self.id,
@@ -259,7 +259,7 @@ class ApiKey:
         }
 
 
-def _json(value: Any) -> str | None:
+def _json(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
@@ -276,11 +276,12 @@ def _row_to_key(row: sqlite3.Row) -> ApiKey:
     )  # fmt: skip
 
 
-def _stored(policy: Mapping[str, Any]) -> dict[str, Any]:
-    """Policy values as columns (JSON for the list and the tags)."""
+def _stored(policy: Mapping[str, object]) -> dict[str, object]:
+    """Checked policy values as columns (JSON for the list and the tags)."""
     out = dict(policy)
     if "allowed_models" in out:
-        out["allowed_models"] = _json(list(out["allowed_models"]) if out["allowed_models"] is not None else None)
+        models = out["allowed_models"]
+        out["allowed_models"] = _json(list(models) if isinstance(models, tuple | list) else None)
     if "tags" in out:
         out["tags"] = _json(out["tags"]) if out["tags"] else None
     return out
@@ -295,7 +296,7 @@ class ClientStore(SqliteStore):
 
     # -- clients ---------------------------------------------------------------------
 
-    def create_client(self, name: str, tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def create_client(self, name: str, tags: Mapping[str, str] | None = None) -> JSONObject:
         if not isinstance(name, str) or not name.strip():
             raise ClientStoreError(400, "name: must be a non-empty string", "invalid_field")
         checked = check_policy({"tags": tags}) if tags is not None else {"tags": {}}
@@ -308,7 +309,7 @@ class ClientStore(SqliteStore):
                 raise ClientStoreError(409, f"a client named {name.strip()!r} already exists", "conflict") from None
         return {"id": cur.lastrowid, "name": name.strip(), "tags": checked["tags"], "created_at": iso(now)}
 
-    def list_clients(self) -> list[dict[str, Any]]:
+    def list_clients(self) -> list[JSONObject]:
         with self._db() as db:
             rows = db.conn.execute(
                 "SELECT c.*, (SELECT COUNT(*) FROM api_keys k WHERE k.client_id = c.id) AS keys "
@@ -325,7 +326,7 @@ class ClientStore(SqliteStore):
     # -- keys ------------------------------------------------------------------------
 
     def create_key(
-        self, name: str, client_id: int | None = None, policy: Mapping[str, Any] | None = None
+        self, name: str, client_id: int | None = None, policy: Mapping[str, object] | None = None
     ) -> tuple[str, ApiKey]:
         """A new key: returns the key itself (show it once, it is not kept) and its row."""
         if not isinstance(name, str) or not name.strip():
@@ -345,6 +346,7 @@ class ClientStore(SqliteStore):
         return key, self.get_key(kid)
 
     def list_keys(self, client_id: int | None = None) -> list[ApiKey]:
+        args: tuple[int, ...]
         sql, args = "SELECT * FROM api_keys", ()
         if client_id is not None:
             sql, args = sql + " WHERE client_id = ?", (client_id,)
@@ -358,7 +360,7 @@ class ClientStore(SqliteStore):
             raise ClientStoreError(404, f"no API key with id {key_id}", "not_found")
         return _row_to_key(row)
 
-    def update_key(self, key_id: int, policy: Mapping[str, Any]) -> ApiKey:
+    def update_key(self, key_id: int, policy: Mapping[str, object]) -> ApiKey:
         checked = _stored(check_policy(policy))
         if not checked:
             return self.get_key(key_id)
@@ -415,7 +417,7 @@ class ClientStore(SqliteStore):
         with self._db() as db:
             return int(db.conn.execute("SELECT version FROM api_keys_version WHERE id = 1").fetchone()[0])
 
-    def _insert(self, conn: sqlite3.Connection, columns: Mapping[str, Any]) -> int:
+    def _insert(self, conn: sqlite3.Connection, columns: Mapping[str, object]) -> int:
         names = ", ".join(columns)
         marks = ", ".join("?" for _ in columns)
         cur = conn.execute(f"INSERT INTO api_keys ({names}) VALUES ({marks})", tuple(columns.values()))

@@ -18,6 +18,7 @@ from typing import Any
 import sqlite_utils
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.storage.sqlite import SqliteStore
 
 __all__ = ["GENERATE_HINT", "ProviderSecretStore", "SecretBox", "SecretsUnavailable", "mask"]
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS provider_keys (
 _PUBLIC = "id, provider, label, masked, created_at, disabled"
 
 
-def _public(row: tuple[Any, ...]) -> dict[str, Any]:
+def _public(row: tuple[Any, ...]) -> JSONObject:
     uid, provider, label, masked, created, disabled = row
     return {"id": uid, "provider": provider, "label": label, "masked": masked,
             "created_at": created, "disabled": bool(disabled)}
@@ -94,7 +95,7 @@ class ProviderSecretStore(SqliteStore):
         db.execute(_SCHEMA)
         db.execute("CREATE INDEX IF NOT EXISTS provider_keys_provider ON provider_keys (provider)")
 
-    def add(self, provider: str, secret: str, box: SecretBox, label: str = "") -> dict[str, Any]:
+    def add(self, provider: str, secret: str, box: SecretBox, label: str = "") -> JSONObject:
         ciphertext = box.encrypt(secret)  # before any write: no key, nothing stored
         with self._db() as db, db.conn:
             key_id = db.execute(
@@ -104,7 +105,7 @@ class ProviderSecretStore(SqliteStore):
             row = db.execute(f"SELECT {_PUBLIC} FROM provider_keys WHERE id = ?", [key_id]).fetchone()
         return _public(row)
 
-    def list_keys(self, provider: str | None = None) -> list[dict[str, Any]]:
+    def list_keys(self, provider: str | None = None) -> list[JSONObject]:
         where, args = ("WHERE provider = ?", [provider]) if provider is not None else ("", [])
         with self._db() as db:
             rows = db.execute(f"SELECT {_PUBLIC} FROM provider_keys {where} ORDER BY id", args).fetchall()

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import sqlite_utils
 from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
@@ -66,7 +65,8 @@ def session_secret(db: sqlite_utils.Database) -> str:
     with db.conn:
         db.execute("INSERT OR IGNORE INTO settings (name, value) VALUES ('session_secret', ?)",
                    [secrets.token_hex(32)])
-    return db.execute("SELECT value FROM settings WHERE name = 'session_secret'").fetchone()[0]
+    secret: str = db.execute("SELECT value FROM settings WHERE name = 'session_secret'").fetchone()[0]
+    return secret
 
 
 def _digest(session_id: str) -> str:
@@ -123,7 +123,7 @@ class SessionStore(SqliteStore):
     def _session_id(self, cookie: str) -> str | None:
         assert self._serializer is not None
         try:
-            payload: Any = self._serializer.loads(cookie, max_age=self.max_age)
+            payload: object = self._serializer.loads(cookie, max_age=self.max_age)
         except BadData:  # bad signature, expired, or not our payload
             return None
         sid = payload.get("sid") if isinstance(payload, dict) else None

@@ -27,6 +27,7 @@ from llm_proxy.accounts.passwords import (
     needs_rehash,
     verify_password,
 )
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.storage.sqlite import SqliteStore
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 logger = logging.getLogger("llm_proxy.accounts")
 
 Role = Literal["viewer", "admin"]
-ROLES: tuple[str, ...] = ("viewer", "admin")
+ROLES: tuple[Role, ...] = ("viewer", "admin")
 DEFAULT_ADMIN = "admin"
 DEFAULT_ADMIN_PASSWORD = "admin123"
 MIN_PASSWORD = 8
@@ -95,7 +96,7 @@ class User:
         uid, name, role, must, disabled, version, created, updated, last = row
         return cls(uid, name, role, bool(must), bool(disabled), version, created, updated, last)
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> JSONObject:
         """What the API shows: never the hash, nor the session version."""
         return {
             "id": self.id,
@@ -109,7 +110,7 @@ class User:
         }
 
 
-def check_new_password(password: Any) -> str:
+def check_new_password(password: object) -> str:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
         raise AccountError(f"The password must be at least {MIN_PASSWORD} characters.", "weak_password")
     if len(password) > MAX_PASSWORD:
@@ -119,10 +120,11 @@ def check_new_password(password: Any) -> str:
     return password
 
 
-def _check_role(role: Any) -> Role:
-    if role not in ROLES:
-        raise AccountError(f"role must be one of {', '.join(ROLES)}.", "invalid_role")
-    return role  # type: ignore[no-any-return]
+def _check_role(role: object) -> Role:
+    for known in ROLES:
+        if role == known:
+            return known
+    raise AccountError(f"role must be one of {', '.join(ROLES)}.", "invalid_role")
 
 
 def ensure_users_table(db: sqlite_utils.Database, cost: ScryptCost = DEFAULT_COST) -> None:
@@ -153,7 +155,7 @@ class UserStore(SqliteStore):
     def _setup(self, db: sqlite_utils.Database) -> None:
         ensure_users_table(db, self.cost)
 
-    def _fetch(self, where: str, args: list[Any]) -> User | None:
+    def _fetch(self, where: str, args: list[object]) -> User | None:
         with self._db() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM users WHERE {where}", args).fetchone()
         return User.from_row(row) if row else None
@@ -193,7 +195,8 @@ class UserStore(SqliteStore):
         with self._db() as db, db.conn:
             db.execute("UPDATE users SET password_hash = ? WHERE id = ?", [encoded, user_id])
 
-    def create(self, username: Any, password: Any, role: Any = "viewer", must_change_password: bool = True) -> User:
+    def create(self, username: object, password: object, role: object = "viewer",
+               must_change_password: bool = True) -> User:
         if not isinstance(username, str) or not _USERNAME.fullmatch(username):
             raise AccountError("username must be 1-64 letters, digits or . _ @ - (starting with a letter or digit).",
                                "invalid_username")
@@ -208,26 +211,28 @@ class UserStore(SqliteStore):
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [username, encoded, role, int(must_change_password), now, now],
             ).lastrowid
+        assert uid is not None  # an INSERT always sets it
         user = self.get(uid)
         assert user is not None
         return user
 
     def _other_active_admins(self, db: sqlite_utils.Database, user_id: int) -> int:
-        return db.execute(
+        count: int = db.execute(
             "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id != ?", [user_id]
         ).fetchone()[0]
+        return count
 
     def update(
         self,
         user_id: int,
         *,
-        role: Any = None,
-        password: Any = None,
+        role: object = None,
+        password: object = None,
         disabled: bool | None = None,
         must_change_password: bool | None = None,
     ) -> User:
         """Change what is given. A new password or disabling signs the user's sessions out."""
-        sets: dict[str, Any] = {}
+        sets: dict[str, object] = {}
         if role is not None:
             sets["role"] = _check_role(role)
         if disabled is not None:
@@ -262,7 +267,7 @@ class UserStore(SqliteStore):
                 raise AccountError("This is the last active admin; make another admin first.", "last_admin")
             db.execute("DELETE FROM users WHERE id = ?", [user_id])
 
-    def change_password(self, user_id: int, current: Any, new: Any) -> User:
+    def change_password(self, user_id: int, current: object, new: object) -> User:
         """The user's own change: needs the current password; clears must_change, ends other sessions."""
         user = self.get(user_id)
         if user is None:

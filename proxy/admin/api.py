@@ -4,9 +4,10 @@ Each area (users, keys, usage, ...) is a module exposing ``ROUTES: list[AdminRou
 ``build_admin_app`` mounts them behind one guard: the caller is authenticated (the
 master key as a bearer token, or a session), a ``viewer`` may only read, and the answer
 is JSON — errors in the same ``{"error": {...}}`` shape as the rest of the gateway.
-Stores are made once per app and reached with ``store(request, StoreClass)``; every
-store takes the database path, and its methods are called off the event loop
-(``in_thread``).
+What the routes work with is one ``AdminServices``, handed to ``build_admin_app`` and reached
+with ``services(request)``: the runtime holder, the gateway's key index and spend ledger, and
+the stores, made once per app and reached with ``store(request, StoreClass)``; every store
+takes the database path, and its methods are called off the event loop (``in_thread``).
 
 The guard, in order: ``public`` routes (login) skip it; otherwise no principal → 401; a
 session (cookie) calling a state-changing method without the right ``x-csrf-token`` → 403
@@ -23,7 +24,7 @@ import functools
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
 import orjson
 from starlette.applications import Starlette
@@ -32,12 +33,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llm_proxy.access.key_lookup import DatabaseKeys
+from llm_proxy.access.spend_ledger import SpendLedger
+from llm_proxy.accounts.login_throttle import LoginThrottle
 from llm_proxy.core.errors import error_body
-from llm_proxy.runtime.snapshot import RuntimeHolder
+from llm_proxy.runtime.holder import RuntimeHolder
 
 __all__ = [
     "AdminError",
     "AdminRoute",
+    "AdminServices",
     "Principal",
     "admin_route",
     "build_admin_app",
@@ -46,6 +51,7 @@ __all__ = [
     "json_response",
     "master_key_only",
     "read_json",
+    "services",
     "store",
 ]
 
@@ -102,17 +108,42 @@ class AdminError(Exception):
         self.headers = headers or {}
 
 
+@dataclass(frozen=True, slots=True)
+class AdminServices:
+    """What the admin routes work with, made once by the app that mounts them.
+
+    ``client_keys`` and ``spend_ledger`` are the gateway's own (its key index, rebuilt after a
+    key changes, and the spend budgets are checked against); None when the admin app runs
+    without a gateway. ``stores`` holds the app's store instances by class; a store asked for
+    that is not there is made on first use from the database path."""
+
+    holder: RuntimeHolder
+    stores: dict[type, object] = field(default_factory=dict)
+    client_keys: DatabaseKeys | None = None
+    spend_ledger: SpendLedger | None = None
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    overlay_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one overlay change at a time
+
+    def store(self, cls: Callable[[str], T]) -> T:
+        made = self.stores.get(cast(type, cls))
+        if made is None:
+            made = self.stores[cast(type, cls)] = cls(self.holder.current.config.database.path)
+        return cast(T, made)
+
+
+def services(request: Request) -> AdminServices:
+    found = request.app.state.services
+    assert isinstance(found, AdminServices)
+    return found
+
+
 def holder(request: Request) -> RuntimeHolder:
-    return request.app.state.holder
+    return services(request).holder
 
 
 def store(request: Request, cls: Callable[[str], T]) -> T:
     """The app's one instance of a store class, made on first use from the database path."""
-    stores: dict[Any, Any] = request.app.state.stores
-    made = stores.get(cls)
-    if made is None:
-        made = stores[cls] = cls(holder(request).current.config.database.path)
-    return made
+    return services(request).store(cls)
 
 
 async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -197,7 +228,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def build_admin_app(
-    runtime_holder: RuntimeHolder,
+    admin_services: AdminServices,
     tables: Sequence[Sequence[AdminRoute]],
     authenticate: Authenticator = master_key_only,
 ) -> Starlette:
@@ -207,6 +238,5 @@ def build_admin_app(
         for r in table
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
-    app.state.holder = runtime_holder
-    app.state.stores = {}
+    app.state.services = admin_services
     return app

@@ -26,6 +26,7 @@ from llm_proxy.admin.api import (
     json_response,
     master_key_only,
     read_json,
+    services,
     store,
 )
 from llm_proxy.admin.users_routes import admin_error
@@ -50,10 +51,7 @@ async def authenticate(request: Request) -> Principal | None:
 
 
 def _throttle(request: Request) -> LoginThrottle:
-    throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
-    if throttle is None:
-        throttle = request.app.state.login_throttle = LoginThrottle()
-    return throttle
+    return services(request).login_throttle
 
 
 def _address(request: Request) -> str:

@@ -28,6 +28,7 @@ from llm_proxy.admin.api import (
     in_thread,
     json_response,
     read_json,
+    services,
     store,
 )
 from llm_proxy.core.config import Config, ConfigError
@@ -43,11 +44,7 @@ _MODEL_KEYS = ("enabled", "price", "discount_pct", "discount_expires_at")
 # -- storing a change ----------------------------------------------------------------------------
 
 def _lock(request: Request) -> asyncio.Lock:
-    state = request.app.state
-    lock = getattr(state, "overlay_lock", None)
-    if lock is None:
-        lock = state.overlay_lock = asyncio.Lock()
-    return lock
+    return services(request).overlay_lock
 
 
 def _with(overlay: Overlay, kind: str, name: str, value: Any) -> Overlay:
@@ -124,7 +121,7 @@ def _provider_name(request: Request) -> str:
 
 def _provider_entry(name: str, runtime: Runtime, file: Config, overlay: Overlay,
                     stored: list[dict[str, Any]], admin: bool) -> dict[str, Any]:
-    p, configured = runtime.providers[name], file.providers[name]
+    p, configured = runtime.upstreams.providers[name], file.providers[name]
     status = p.status()
     mine = [k for k in stored if k["provider"] == name]
     keys: dict[str, Any] = {"in_use": len(p.api_keys), "stored": sum(not k["disabled"] for k in mine)}
@@ -136,7 +133,7 @@ def _provider_entry(name: str, runtime: Runtime, file: Config, overlay: Overlay,
         "name": name, "type": p.config.type, "base_url": _safe_url(p.base_url),
         "enabled": p.enabled, "disabled_reason": p.disabled_reason,
         "enabled_in_config": configured.enabled, "enabled_override": overlay.providers.get(name),
-        "models": len(p.config.models), "breakers": runtime.routing.breaker_states(name), "keys": keys,
+        "models": len(p.config.models), "breakers": runtime.routes.learned.breaker_states(name), "keys": keys,
         **{k: status[k] for k in ("last_success", "last_error", "last_error_at") if k in status},
     }
 
@@ -157,7 +154,8 @@ async def list_providers(request: Request) -> Response:
 
 
 async def patch_provider(request: Request) -> Response:
-    name, body, errors = _provider_name(request), await read_json(request), []
+    name, body = _provider_name(request), await read_json(request)
+    errors: list[str] = []
     _only(body, ("enabled",), errors)
     enabled = body.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
@@ -181,7 +179,7 @@ async def reset_provider(request: Request) -> Response:
 def _model_names(file: Config, runtime: Runtime) -> list[str]:
     """Configured models (disabled ones too), then any a provider reported itself (Ollama)."""
     names = [m for p in file.providers.values() for m in p.models]
-    return list(dict.fromkeys([*names, *file.models, *runtime.models]))
+    return list(dict.fromkeys([*names, *file.models, *runtime.routes.models]))
 
 
 def _override(o: ModelOverride | None) -> dict[str, Any] | None:
@@ -202,13 +200,13 @@ def _model_entry(name: str, runtime: Runtime, file: Config, overlay: Overlay) ->
     o = overlay.models.get(name)
     served = serving(file, name)
     if not served:  # not in the file: a discovered model
-        for t in runtime.models.get(name, ()):
+        for t in runtime.routes.models.get(name, ()):
             served[t.provider] = (*served.get(t.provider, ()), t.model)
     deployments = []
     for provider, upstream_names in served.items():
-        p = runtime.providers[provider]
+        p = runtime.upstreams.providers[provider]
         for upstream in upstream_names:
-            info = runtime.catalog.pricing(upstream, p.catalog_id)
+            info = runtime.pricing.catalog.pricing(upstream, p.catalog_id)
             price = dataclasses.asdict(info.price) if info is not None and info.price is not None else None
             per_image = p.config.prices.get(upstream)
             if per_image is not None and per_image.per_image is not None:
@@ -272,7 +270,8 @@ async def patch_model(request: Request) -> Response:
     if not is_group and not serving(runtime_holder.file_config, name):
         raise AdminError(400, f"{name!r} was discovered from its provider, not configured: list it under the "
                          "provider's models in config.yaml to manage it.", "not_configured")
-    body, errors = await read_json(request), []
+    body = await read_json(request)
+    errors: list[str] = []
     changes = _model_changes(body, is_group, errors)
     if errors:
         raise _invalid(errors)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llm_proxy.accounts.client_keys import ApiKey, ClientStore, ClientStoreError
-from llm_proxy.admin.api import AdminError, AdminRoute, admin_route, store
+from llm_proxy.admin.api import AdminError, AdminRoute, admin_route, services, store
 
 __all__ = ["ROUTES"]
 
@@ -53,7 +53,7 @@ async def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 async def _changed(request: Request) -> None:
     """Rebuild the gateway's key index now (absent when the admin app runs on its own)."""
-    keys = getattr(request.app.state, "client_keys", None)
+    keys = services(request).client_keys
     if keys is not None:
         await keys.refresh()
 
@@ -122,7 +122,7 @@ async def revoke_key(request: Request) -> Response:
 
 async def key_spend(request: Request) -> Response:
     key: ApiKey = await _run(store(request, ClientStore).get_key, _id(request))
-    ledger = getattr(request.app.state, "spend_ledger", None)
+    ledger = services(request).spend_ledger
     if ledger is None:
         raise AdminError(503, "Spend is only known inside the gateway.", "unavailable", "server_error")
     await ledger.ensure_loaded()

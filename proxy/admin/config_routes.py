@@ -22,16 +22,17 @@ async def reload_config(request: Request) -> Response:
         runtime = await holder(request).reload()
     except ConfigError as exc:
         raise AdminError(400, str(exc), "invalid_config") from None
-    return _json({"reloaded": True, "providers": len(runtime.providers), "models": len(runtime.models),
+    return _json({"reloaded": True, "providers": len(runtime.upstreams.providers),
+                  "models": len(runtime.routes.models),
                   "groups": len(runtime.config.groups)})
 
 
 async def routing_state(request: Request) -> Response:
     """Every deployment with what the strategies and breakers see right now."""
     runtime = holder(request).current
-    state = runtime.routing
+    state = runtime.routes.learned
     deployments = []
-    for model, targets in sorted(runtime.models.items()):
+    for model, targets in sorted(runtime.routes.models.items()):
         for t in targets:
             d = state.known(t)  # a deployment never used has no state yet: closed, idle, unmeasured
             deployments.append({

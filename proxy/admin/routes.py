@@ -13,9 +13,8 @@ from llm_proxy.admin import (
     users_routes,
 )
 from llm_proxy.admin import client_keys_routes as keys_routes
-from llm_proxy.admin.api import AdminRoute, build_admin_app
+from llm_proxy.admin.api import AdminRoute, AdminServices, build_admin_app
 from llm_proxy.admin.auth_routes import authenticate
-from llm_proxy.runtime.snapshot import RuntimeHolder
 
 __all__ = ["admin_app"]
 
@@ -32,5 +31,5 @@ def _tables() -> list[list[AdminRoute]]:
     ]
 
 
-def admin_app(holder: RuntimeHolder) -> Starlette:
-    return build_admin_app(holder, _tables(), authenticate)
+def admin_app(services: AdminServices) -> Starlette:
+    return build_admin_app(services, _tables(), authenticate)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from starlette.types import Message, Receive, Scope
 
 from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.scope import header
 
 __all__ = ["parse_json_object", "read_body", "replay"]
@@ -40,7 +39,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes) -> JSONObject:
     if not raw:
         raise bad_request("The request body is empty; expected a JSON object.")
     try:

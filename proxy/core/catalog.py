@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 from llm_proxy.core.context import Usage
+from llm_proxy.core.jsontypes import JSONObject
 
 __all__ = ["CREATOR_PRIORITY", "DEFAULT_PATH", "Catalog", "ModelInfo", "Price", "Tier"]
 
@@ -202,7 +202,7 @@ class Catalog:
             + cached * (_pico(price.cache_read) if price.cache_read is not None else inp)
             + written * (_pico(price.cache_write) if price.cache_write is not None else inp)
             + (completion - reasoning) * _pico(price.output)
-            + (reasoning * _pico(price.reasoning) if reasoning else 0)
+            + (reasoning * _pico(price.reasoning) if reasoning and price.reasoning is not None else 0)
         )
         if isinstance(total, int):
             return total / 10**18  # pico-USD per 1M tokens → USD: one correctly rounded division
@@ -254,7 +254,7 @@ def _apply_override(
     return info, info
 
 
-def _price(raw: dict[str, Any], prices: dict[tuple[float | None, ...], Price]) -> Price:
+def _price(raw: JSONObject, prices: dict[tuple[float | None, ...], Price]) -> Price:
     values = tuple(None if (v := raw.get(f)) is None else float(v) for f in _PRICE_FIELDS)
     price = prices.get(values)
     if price is None:
@@ -263,10 +263,10 @@ def _price(raw: dict[str, Any], prices: dict[tuple[float | None, ...], Price]) -
 
 
 def _compact(
-    d: dict[str, Any],
+    d: JSONObject,
     prices: dict[tuple[float | None, ...], Price],
     interned: dict[tuple[str, ...], tuple[str, ...]],
-) -> Any:
+) -> JSONObject | tuple[object, ...]:
     """json object_hook: a model dict becomes the tuple of ModelInfo fields after (provider, model)."""
     limit = d.get("limit")
     if not isinstance(limit, dict) or "name" not in d:

@@ -4,6 +4,11 @@ Loading runs in three steps so a user sees every mistake at once: ``${VAR}`` int
 ``LLM_PROXY__SECTION__KEY`` environment overrides, then a schema walk over the dataclasses
 below that collects every unknown key and bad value with its path instead of stopping
 at the first one.
+
+This module checks what the core can see: the schema, values across sections, ``when:``
+conditions and alias cycles. What needs a higher layer (plugin specs against the plugin
+registry, the shape of model groups) is a ``check`` the caller passes in; its errors join the
+same list, so one run still reports everything (``llm_proxy.routing.validation`` passes them).
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import yaml
+
+from llm_proxy.core.conditions import condition_errors
+from llm_proxy.core.jsontypes import JSONObject
 
 __all__ = [
     "AuthConfig",
@@ -41,8 +49,12 @@ __all__ = [
     "ServerConfig",
     "TimeoutConfig",
     "ENV_PREFIX",
+    "ConfigCheck",
+    "check_values",
+    "convert_section",
     "default_config_path",
     "load_config",
+    "merge_errors",
     "parse_config",
 ]
 
@@ -158,7 +170,7 @@ class DeploymentRuleConfig:
     use: str  # a provider name or a deployment tag
     pattern: str | None = None
     case_sensitive: bool = False
-    when: dict[str, Any] | None = None
+    when: JSONObject | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +218,7 @@ class RuleConfig:
     target: str
     pattern: str | None = None
     case_sensitive: bool = False
-    when: dict[str, Any] | None = None
+    when: JSONObject | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +259,7 @@ class Config:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     routing: RoutingConfig = RoutingConfig()
     groups: dict[str, GroupConfig] = field(default_factory=dict)
-    plugins: tuple[dict[str, Any], ...] = ()
+    plugins: tuple[JSONObject, ...] = ()
     # encrypts provider keys stored through the admin API; set it from LLM_PROXY__ENCRYPTION_KEY
     encryption_key: str = ""
     # which env vars were referenced but unset, by dotted path (e.g. providers.openai.api_key)
@@ -258,7 +270,16 @@ def default_config_path() -> Path:
     return Path(os.environ.get("LLM_PROXY_CONFIG", "config.yaml"))
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+ConfigCheck = Callable[[Config], list[str]]
+"""A check from a higher layer: every problem it finds, each as ``path: message``."""
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    check: ConfigCheck | None = None,
+) -> Config:
     path = Path(path) if path is not None else default_config_path()
     try:
         text = path.read_text(encoding="utf-8")
@@ -268,28 +289,47 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"invalid YAML: {exc}"], str(path)) from None
-    return parse_config(raw or {}, environ, source=str(path))
+    return parse_config(raw or {}, environ, source=str(path), check=check)
 
 
 def parse_config(
-    raw: Mapping[str, Any], environ: Mapping[str, str] | None = None, source: str = "config"
+    raw: Mapping[str, object],
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+    *,
+    check: ConfigCheck | None = None,
 ) -> Config:
+    """The typed config; ``ConfigError`` with every problem, ``check``'s included, if it has any."""
     env = os.environ if environ is None else environ
     errors: list[str] = []
     if not isinstance(raw, Mapping):
         raise ConfigError(["top level: expected a mapping"], source)
     missing: dict[str, str] = {}
     tree = _interpolate(raw, env, "", missing)
+    assert isinstance(tree, dict)  # a mapping interpolates to a dict
     _apply_env_overrides(tree, env, errors)
-    config = _convert(tree, Config, "", errors)
-    # value checks and plugin specs run even after type errors, so one run reports everything
-    _check_references(config, errors)
-    _check_plugins(_plain(tree.get("plugins")), errors)
-    if isinstance(config, Config) and config.groups:
-        _check_groups(config, errors)
+    config = convert_section(tree, Config, "", errors)
+    assert config is not None  # a mapping always converts: Config has no required field
+    # value checks and the caller's check run even after type errors, so one run reports everything
+    check_values(config, errors)
+    if check is not None:
+        merge_errors(errors, check(config))
     if errors:
         raise ConfigError(errors, source)
     return dataclasses.replace(config, missing_env=missing)
+
+
+def merge_errors(errors: list[str], found: Iterable[str]) -> None:
+    """Add each of ``found`` unless its path, or one above it, is already reported.
+
+    A value reported as wrongly typed was replaced by a default, so what a later check says
+    about it (or about anything inside it) would only repeat the first error.
+    """
+    reported = _error_paths(errors)
+    for error in found:
+        path = error.split(":", 1)[0]
+        if not any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in reported):
+            errors.append(error)
 
 
 # -- interpolation and overrides ------------------------------------------------------------
@@ -305,15 +345,15 @@ class _EnvText(str):
     ``typed``.
     """
 
-    typed: Any
+    typed: object
 
-    def __new__(cls, text: str, typed: Any) -> _EnvText:
+    def __new__(cls, text: str, typed: object) -> _EnvText:
         self = super().__new__(cls, text)
         self.typed = typed
         return self
 
 
-def _from_env(text: str) -> Any:
+def _from_env(text: str) -> object:
     """An environment value read as YAML; a scalar keeps its text too (see ``_EnvText``)."""
     try:
         typed = yaml.safe_load(text)
@@ -324,7 +364,7 @@ def _from_env(text: str) -> Any:
     return _EnvText(text, typed)
 
 
-def _plain(node: Any) -> Any:
+def _plain(node: object) -> object:
     """``node`` with every ``_EnvText`` replaced by its YAML value (for untyped parts: plugins)."""
     if isinstance(node, _EnvText):
         return node.typed
@@ -335,7 +375,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _interpolate(node: Any, env: Mapping[str, str], path: str, missing: dict[str, str]) -> Any:
+def _interpolate(node: object, env: Mapping[str, str], path: str, missing: dict[str, str]) -> object:
     if isinstance(node, str):
         def sub(m: re.Match[str]) -> str:
             value = env.get(m.group(1))
@@ -360,7 +400,7 @@ def _interpolate(node: Any, env: Mapping[str, str], path: str, missing: dict[str
     return node
 
 
-def _apply_env_overrides(tree: dict[str, Any], env: Mapping[str, str], errors: list[str]) -> None:
+def _apply_env_overrides(tree: dict[str, object], env: Mapping[str, str], errors: list[str]) -> None:
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
@@ -388,12 +428,12 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _describe(value: Any) -> str:
+def _describe(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+def _convert(value: object, tp: object, path: str, errors: list[str]) -> object:
     origin = typing.get_origin(tp)
     where = path or "top level"
     if tp is Any:
@@ -414,7 +454,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         if value not in choices:
             errors.append(f"{where}: expected one of {', '.join(map(str, choices))}, got {_describe(value)}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _convert_dataclass(value, tp, path, errors)
     if origin is tuple:
         if not isinstance(value, list | tuple):
@@ -456,10 +496,22 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")  # a bug in the schema, not in the user's file
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+_HINTS: dict[type, dict[str, object]] = {}  # a dataclass's resolved field types
+_Section = TypeVar("_Section")
 
 
-def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> Any:
+def convert_section(value: object, cls: type[_Section], path: str, errors: list[str]) -> _Section | None:
+    """``value`` (plain YAML/JSON data) as the config dataclass ``cls``, problems appended to ``errors``.
+
+    None when it is not a mapping or lacks a required key; otherwise a ``cls`` that may still
+    hold wrongly typed values where ``errors`` says so. The admin API's overlay converts the
+    sections it stores with this, so they are checked exactly like the file's.
+    """
+    converted = _convert_dataclass(value, cls, path, errors)
+    return converted if isinstance(converted, cls) else None
+
+
+def _convert_dataclass(value: object, cls: type, path: str, errors: list[str]) -> object:
     where = path or "top level"
     if value is None:
         value = {}
@@ -474,7 +526,7 @@ def _convert_dataclass(value: Any, cls: type, path: str, errors: list[str]) -> A
         if key not in fields or key == "missing_env":
             known = ", ".join(n for n in fields if n != "missing_env")
             errors.append(f"{_join(path, str(key))}: unknown key (known: {known})")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, object] = {}
     for name, f in fields.items():
         if name in value:
             kwargs[name] = _convert(value[name], hints[name], _join(path, name), errors)
@@ -490,13 +542,15 @@ def _error_paths(errors: list[str]) -> set[str]:
     return {e.split(":", 1)[0] for e in errors}
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_references(config: Config, errors: list[str]) -> None:
-    """Checks across values. The config may hold wrongly typed values (already reported):
-    check only what has the right type, and add nothing for a path already reported."""
+def check_values(config: Config, errors: list[str]) -> None:
+    """Checks across values (ports, URLs, limits, deployments, rules, conditions, alias cycles).
+
+    The config may hold wrongly typed values (already reported): check only what has the
+    right type, and add nothing for a path already reported."""
     reported = _error_paths(errors)
 
     def add(path: str, message: str) -> None:
@@ -523,8 +577,9 @@ def _check_references(config: Config, errors: list[str]) -> None:
     auth = config.auth
     if isinstance(auth, AuthConfig):
         if isinstance(auth.keys, tuple):
-            for key in auth.keys:
-                if isinstance(key, ClientKeyConfig) and isinstance(key.key, str) and len(key.key) < 8:
+            for client_key in auth.keys:
+                if (isinstance(client_key, ClientKeyConfig) and isinstance(client_key.key, str)
+                        and len(client_key.key) < 8):
                     add("auth.keys", "every client key must be at least 8 characters")
                     break
         if isinstance(auth.master_key, str) and auth.master_key and len(auth.master_key) < 8:
@@ -543,8 +598,6 @@ def _check_references(config: Config, errors: list[str]) -> None:
 
 def _check_models(config: Config, add: Callable[[str, str], None]) -> None:
     """Deployments name known providers, rules are well formed, fallbacks name known models."""
-    from llm_proxy.routing.groups import condition_errors  # the group engine owns the condition language
-
     providers = {n: p for n, p in config.providers.items() if isinstance(p, ProviderConfig)}
     for name, p in providers.items():
         if _is_number(p.weight) and p.weight <= 0:
@@ -586,29 +639,3 @@ def _check_models(config: Config, add: Callable[[str, str], None]) -> None:
         fallback = spec.context_fallback
         if isinstance(fallback, str) and fallback not in served and fallback not in config.aliases:
             add(f"{path}.context_fallback", f"unknown model {fallback!r}")
-
-
-def _check_plugins(specs: Any, errors: list[str]) -> None:
-    """The plugin specs against the plugin registry (imported here: it pulls in the plugins)."""
-    if not isinstance(specs, list):
-        return  # absent, or not a list: the schema walk reported it
-    from llm_proxy.plugins import validate_specs
-
-    reported = _error_paths(errors)
-    errors.extend(e for e in validate_specs(specs) if e.split(":", 1)[0] not in reported)
-
-
-def _check_groups(config: Config, errors: list[str]) -> None:
-    """Group targets, rules, cycles and depth — at load, never at request time."""
-    from llm_proxy.routing.groups import validate_groups  # the group engine validates its own shapes
-
-    known = {m for p in config.providers.values() if isinstance(p, ProviderConfig) for m in p.models}
-    known |= set(config.aliases) | set(config.models)
-    for group in config.groups.values():
-        for target in getattr(group, "targets", ()) or ():
-            provider, sep, rest = str(target).partition("/")
-            if sep and rest and provider in config.providers:
-                known.add(target)  # provider/model passes any model name through
-    groups = {name: g for name, g in config.groups.items() if isinstance(g, GroupConfig)}
-    reported = _error_paths(errors)
-    errors.extend(e for e in validate_groups(groups, known) if e.split(":", 1)[0] not in reported)

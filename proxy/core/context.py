@@ -9,83 +9,23 @@ feeds one.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from llm_proxy.core.parts import Snapshot
+from llm_proxy.core.records import ClientIdentity, Target, Usage
 from llm_proxy.core.surfaces import Surface
-
-if TYPE_CHECKING:
-    from llm_proxy.runtime.snapshot import Runtime
 
 __all__ = ["SCOPE_KEY", "ClientIdentity", "RequestContext", "Target", "Usage", "get_context"]
 
 SCOPE_KEY = "llm_proxy"
 
 
-@dataclass(slots=True, frozen=True)
-class ClientIdentity:
-    """Who is calling, and the policy their key carries.
-
-    ``key_id`` is a non-secret identifier (the request log's ``client_key_id``); the key itself
-    is never stored here. Config keys carry no policy. Database keys set ``metered``: their
-    spend is kept in the ledger and the rate-limit layer checks whatever limits are set, so
-    a key without it costs that layer one attribute check.
-    """
-
-    key_id: str
-    name: str
-    is_master: bool = False
-    metered: bool = False
-    allowed_models: frozenset[str] | None = None  # None: every model
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrent: int | None = None
-    budget_day_usd: float | None = None
-    budget_month_usd: float | None = None
-    budget_total_usd: float | None = None
-    expires_at: float | None = None  # epoch seconds
-    revoked_at: float | None = None  # a revocation due later (a rotated key's grace period)
-    tags: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(slots=True, frozen=True)
-class Target:
-    """One deployment: a provider and the model name it knows, with what strategies weigh.
-
-    Equality and hashing are by (provider, model) only: the knobs describe the same place."""
-
-    provider: str
-    model: str
-    weight: float = field(default=1.0, compare=False)
-    priority: int = field(default=0, compare=False)
-    tags: frozenset[str] = field(default=frozenset(), compare=False)
-    rpm: int | None = field(default=None, compare=False)
-    tpm: int | None = field(default=None, compare=False)
-
-
-@dataclass(slots=True)
-class Usage:
-    """Token counts as the upstream reported them, normalised to OpenAI's meaning.
-
-    ``cached_tokens`` are part of ``prompt_tokens`` and ``reasoning_tokens`` part of
-    ``completion_tokens``, as in OpenAI's usage object.
-    """
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    runtime: Runtime
+    runtime: Snapshot  # the parts the chain reads; code below it gets the whole snapshot (runtime_of)
     endpoint: str
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
@@ -151,7 +91,8 @@ class RequestContext:
         self.error_message = message
 
 
-def get_context(scope: dict[str, Any]) -> RequestContext | None:
+def get_context(scope: Mapping[str, Any]) -> RequestContext | None:
     """The request's context, or None (lifespan scopes, paths outside the gateway's chain)."""
     state = scope.get("state")
-    return state.get(SCOPE_KEY) if state is not None else None
+    ctx: RequestContext | None = state.get(SCOPE_KEY) if state is not None else None
+    return ctx

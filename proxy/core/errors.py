@@ -7,9 +7,8 @@ both the status and the shape must be right for a client to behave.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
+from starlette.types import Send
 
 __all__ = [
     "ANTHROPIC_ERROR_TYPES",
@@ -90,7 +89,7 @@ def not_found_model(model: str) -> ProxyError:
 
 
 async def send_json(
-    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if headers:
@@ -99,6 +98,6 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Any, exc: ProxyError) -> None:
+async def send_error(send: Send, exc: ProxyError) -> None:
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
     await send_json(send, exc.status, exc.body(), extra)

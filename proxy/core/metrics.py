@@ -68,7 +68,8 @@ class Histogram:
         self.total += other.total
 
     def buckets(self) -> list[tuple[str, float]]:
-        out, running = [], 0
+        out: list[tuple[str, float]] = []
+        running = 0
         for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             running += n
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
@@ -133,25 +134,27 @@ class _RequestCollector:
             cost[pm] = cost.get(pm, 0.0) + s.cost
         yield requests
         yield duration
-        family = HistogramMetricFamily(
+        ttft_family = HistogramMetricFamily(
             "llm_proxy_time_to_first_token_seconds",
             "Time from request arrival to the first generated token of a stream.",
             labels=["provider", "model"],
         )
         for pm, h in ttft.items():
-            family.add_metric(list(pm), h.buckets(), h.total)
-        yield family
-        family = CounterMetricFamily("llm_proxy_tokens", "Tokens metered, by type.", labels=["provider", "model", "type"])
+            ttft_family.add_metric(list(pm), h.buckets(), h.total)
+        yield ttft_family
+        tokens_family = CounterMetricFamily(
+            "llm_proxy_tokens", "Tokens metered, by type.", labels=["provider", "model", "type"]
+        )
         for pm, counts in tokens.items():
             for kind, n in zip(_TOKEN_TYPES, counts, strict=True):
-                family.add_metric([*pm, kind], n)
-        yield family
-        family = CounterMetricFamily(
+                tokens_family.add_metric([*pm, kind], n)
+        yield tokens_family
+        cost_family = CounterMetricFamily(
             "llm_proxy_cost_usd", "Cost in USD at catalog or configured prices.", labels=["provider", "model"]
         )
         for pm, total in cost.items():
-            family.add_metric(list(pm), total)
-        yield family
+            cost_family.add_metric(list(pm), total)
+        yield cost_family
         yield HistogramMetricFamily(
             "llm_proxy_gateway_overhead_seconds",
             "Time the gateway itself added before the response started (total minus upstream).",

@@ -1,17 +1,16 @@
-"""The contract every native wire-format translator implements (OpenAI chat is the hub).
+"""What a wire format is: the capabilities the gateway asks of it, and the types they trade in.
 
-A translator module (``proxy/providers/<format>.py``) is pure: no HTTP, no routing, no
-storage. It exposes
+OpenAI chat is the hub. A format (``proxy/providers/<format>.py``) is pure — no HTTP, no
+routing, no storage — and is one ``WireFormat`` subclass whose class attributes say what it
+can do; callers ask for a capability (``wire.needs_inline_images``, ``wire.embeddings``),
+never for a type string. Its chat capability:
 
-* ``build_request(body, model, *, api_key, stream, max_output_tokens) -> UpstreamCall`` —
-  an OpenAI chat-completions request body (a dict, already parsed) → the native request;
-* ``parse_response(data, model) -> Translated`` — a native non-streaming response → an
-  OpenAI ``chat.completion`` dict plus usage and finish reason;
-* ``StreamDecoder(model)`` — per-stream state: ``feed(chunk: bytes)`` takes raw upstream
-  bytes in any chunking (the decoder owns the framing: SSE, NDJSON or a JSON array) and
-  returns OpenAI ``chat.completion.chunk`` dicts; ``finish()`` flushes at end of stream;
-  ``usage``, ``finish_reason`` and ``error`` (a mid-stream error, OpenAI error dict) are
-  read by the relay;
+* ``build_chat(body, model, *, api_key, stream, max_output_tokens) -> UpstreamCall`` — an
+  OpenAI chat-completions body (a parsed dict) → the native request;
+* ``parse_chat(data, model) -> Translated`` — a native non-streaming answer → an OpenAI
+  ``chat.completion`` dict plus usage and finish reason (``bad_upstream`` if unreadable);
+* ``stream_decoder(model) -> StreamDecoder`` — per-stream state turning raw upstream bytes
+  (any chunking; the decoder owns the framing) into ``chat.completion.chunk`` dicts;
 * ``parse_error(status, data) -> UpstreamError`` — a native error body → the status and
   OpenAI-shaped error the client should get.
 
@@ -21,15 +20,46 @@ structural transforms (messages, system, tools, tool_choice) are code.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+
+import orjson
 
 from llm_proxy.core.context import Usage
+from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.sse import SSEDecoder, SSEEvent
 
-__all__ = ["FINISH_REASONS", "Translated", "UpstreamCall", "UpstreamError", "rename_params"]
+if TYPE_CHECKING:
+    from llm_proxy.core.config import ProviderConfig
+
+__all__ = [
+    "FINISH_REASONS",
+    "KEEP_HEADERS",
+    "Chunk",
+    "EmbeddingsCodec",
+    "Embedded",
+    "ImagesCodec",
+    "JsonEventDecoder",
+    "ModelDiscovery",
+    "Passthrough",
+    "StreamDecoder",
+    "Translated",
+    "UpstreamCall",
+    "UpstreamError",
+    "WireFormat",
+    "bad_upstream",
+    "loads_or_none",
+    "rename_params",
+]
 
 # The vocabulary an OpenAI client understands.
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+# Headers from an upstream error that a client needs to back off correctly.
+KEEP_HEADERS = ("retry-after", "retry-after-ms")
+
+Chunk = dict[str, Any]  # one OpenAI ``chat.completion.chunk`` (or a relay's stand-in for one)
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -57,6 +87,27 @@ class UpstreamError:
     code: str | None = None
 
 
+@overload
+def loads_or_none(data: object) -> dict[str, Any] | None: ...
+@overload
+def loads_or_none(data: object, expect: type[_T]) -> _T | None: ...
+def loads_or_none(data: object, expect: type[Any] = dict) -> Any:
+    """``data`` parsed as JSON when it is of the ``expect``-ed type, else None (bad JSON too).
+
+    Already-parsed data (not bytes or text) is checked as it is."""
+    if isinstance(data, bytes | bytearray | memoryview | str):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+    return data if isinstance(data, expect) else None
+
+
+def bad_upstream(source: str, what: str) -> ProxyError:
+    """A success answer the gateway cannot read: the same 502 whatever the format."""
+    return ProxyError(502, f"{source} returned {what}.", type="upstream_error", code="bad_upstream_response")
+
+
 def rename_params(body: dict[str, Any], table: dict[str, str], out: dict[str, Any]) -> None:
     """Copy OpenAI parameters present in ``body`` to ``out`` under their native names.
 
@@ -71,3 +122,144 @@ def rename_params(body: dict[str, Any], table: dict[str, str], out: dict[str, An
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+
+
+class StreamDecoder:
+    """One upstream stream → OpenAI chunk dicts; holds what the relay reads when it ends.
+
+    ``usage``, ``finish_reason`` and ``error`` (a mid-stream error as an OpenAI error dict)
+    are the outcome. SSE formats implement ``_events``; other framings override ``feed`` and
+    ``finish`` and leave the inner SSE decoder unused."""
+
+    def __init__(self, model: str = "") -> None:
+        self.model = model
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.error: dict[str, Any] | None = None
+        self._sse = SSEDecoder()
+
+    def feed(self, chunk: bytes) -> list[Chunk]:
+        return self._events(self._sse.feed(chunk))
+
+    def finish(self) -> list[Chunk]:
+        """End of upstream bytes: an unterminated last event counts (real upstreams send one)."""
+        return self._events(self._sse.flush())
+
+    def _events(self, events: list[SSEEvent]) -> list[Chunk]:
+        raise NotImplementedError
+
+
+class JsonEventDecoder(StreamDecoder):
+    """SSE events whose ``data`` is a JSON object, read once each; a subclass says what an
+    object means (``_take``). Unreadable events and those after an error are skipped."""
+
+    def _events(self, events: list[SSEEvent]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for event in events:
+            if event.data == b"[DONE]" or self.error is not None:
+                continue
+            obj = loads_or_none(event.data)
+            if obj is not None:
+                taken = self._take(obj)
+                if taken is not None:
+                    out.append(taken)
+        return out
+
+    def _take(self, obj: dict[str, Any]) -> Chunk | None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """An OpenAI-shaped endpoint the format serves as is: the client's bytes go to ``path``."""
+
+    path: str
+
+
+@dataclass(slots=True)
+class Embedded:
+    response: dict[str, Any]  # OpenAI's embeddings list
+    usage: Usage
+    estimated: bool  # the upstream reported no token count
+
+
+class EmbeddingsCodec:
+    """``/v1/embeddings`` translated: the OpenAI body (with its ``input`` as texts) → the
+    native call, and the native answer → OpenAI's list in the asked ``encoding_format``."""
+
+    def build(self, body: dict[str, Any], model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
+        raise NotImplementedError
+
+    def parse(self, data: bytes, model: str, texts: list[str], encoding: str, provider: str) -> Embedded:
+        raise NotImplementedError
+
+
+class ImagesCodec:
+    """``/v1/images/generations`` translated (never streamed)."""
+
+    def unsupported(self, model: str) -> str | None:
+        """Why ``model`` cannot generate images here (``"with a non-Imagen model"``), or None."""
+        return None
+
+    def build(self, body: dict[str, Any], model: str, *, api_key: str) -> UpstreamCall:
+        raise NotImplementedError
+
+    def parse(self, data: bytes, response_format: str | None, provider: str) -> dict[str, Any]:
+        """The OpenAI answer: ``{"created", "data": [...]}``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDiscovery:
+    """How a format lists the models a server has: ``GET path``, the answer read by ``parse``
+    (unreadable answers yield none). The runtime does the HTTP."""
+
+    path: str
+    parse: Callable[[bytes], list[str]]
+
+
+class WireFormat:
+    """One upstream wire format and what it can do. Capabilities are plain class attributes
+    (read per request on the hot path); the optional ones are None when unsupported."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # how errors name the upstream ("Gemini returned ...")
+    # Chat requests go up as the client's own bytes and answers come back untouched.
+    chat_passthrough: ClassVar[bool] = False
+    # The client surface whose bytes this format serves unchanged ("messages" for Anthropic).
+    passthrough_surface: ClassVar[str | None] = None
+    # Remote image URLs must be fetched and inlined before the request is built.
+    needs_inline_images: ClassVar[bool] = False
+    # The key rides in the provider's fixed headers (every request, pass-through included);
+    # otherwise each call the format builds places it (``auth_headers``).
+    static_auth: ClassVar[bool] = False
+    embeddings: ClassVar[EmbeddingsCodec | Passthrough | None] = None
+    images: ClassVar[ImagesCodec | Passthrough | None] = None
+    discovery: ClassVar[ModelDiscovery | None] = None
+
+    def passes_through(self, surface: str, config: ProviderConfig) -> bool:
+        """Whether a provider of this format serves the client ``surface`` natively."""
+        return surface == self.passthrough_surface
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """The headers that carry ``api_key`` where this API wants it."""
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+                   max_output_tokens: int | None) -> UpstreamCall:
+        raise NotImplementedError
+
+    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+        raise NotImplementedError
+
+    def stream_decoder(self, model: str) -> StreamDecoder:
+        raise NotImplementedError
+
+    def parse_error(self, status: int, data: bytes) -> UpstreamError:
+        raise NotImplementedError
+
+    def upstream_error(self, provider: str, status: int, data: bytes, headers: Mapping[str, str]) -> ProxyError:
+        """An upstream error response as the client should get it (back-off headers kept)."""
+        keep = {name: headers[name] for name in KEEP_HEADERS if name in headers}
+        err = self.parse_error(status, data)
+        return ProxyError(err.status, err.message, type=err.type, code=err.code, headers=keep)

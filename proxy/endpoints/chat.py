@@ -1,8 +1,8 @@
 """``POST /v1/chat/completions``: dispatch to the chosen provider and relay the answer.
 
 By the time a request gets here it is authenticated, parsed and routed (``ctx.candidates``).
-For an OpenAI-compatible provider the upstream's bytes are relayed as they are, read only
-as far as metering needs; a native provider's answer comes back through its translator.
+When the provider's format passes chat through, the upstream's bytes are relayed as they are,
+read only as far as metering needs; any other answer comes back through its wire format.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def _chat(ctx: RequestContext, send: Send) -> None:
     up = await send_chat(ctx)
+    wire = up.provider.wire
     if not ctx.stream:
         data = up.data
-        if up.native is None:
+        if wire.chat_passthrough:
             ctx.usage, ctx.finish_reason, _ = parse_chat_response(data)
         else:
-            translated = up.native.parse_response(data, ctx.target.model if ctx.target else "")
+            translated = wire.parse_chat(data, ctx.target.model if ctx.target else "")
             ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
             data = orjson.dumps(translated.response)
         await send({"type": "http.response.start", "status": 200,
@@ -40,9 +41,10 @@ async def _chat(ctx: RequestContext, send: Send) -> None:
         await send({"type": "http.response.body", "body": data})
         return
     await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
-    if up.native is None:
+    relay: PassthroughRelay | ChunkRelay
+    if wire.chat_passthrough:
         relay = PassthroughRelay(ctx)
     else:
-        decoder = up.native.StreamDecoder(ctx.target.model if ctx.target else "")
+        decoder = wire.stream_decoder(ctx.target.model if ctx.target else "")
         relay = ChunkRelay(ctx, decoder, OpenAIChunkEncoder(strip_usage=not ctx.client_wants_usage))
     await relay_stream(ctx, up, send, relay)

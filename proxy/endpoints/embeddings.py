@@ -1,9 +1,9 @@
 """``POST /v1/embeddings``: dispatch to the chosen provider and answer in OpenAI's shape.
 
-OpenAI-compatible providers get the client's bytes (model renamed if the target's name
-differs) at ``{base_url}/embeddings`` and their bytes go back untouched; only the usage is
-read. Gemini (``batchEmbedContents``) and Ollama (``/api/embed``) are translated by
-``llm_proxy.providers.embeddings``. Never streamed.
+A format that serves embeddings as is (``Passthrough``: OpenAI-compatible servers) gets the
+client's bytes (model renamed if the target's name differs) and its bytes go back untouched;
+only the usage is read. Any other format translates them with its ``EmbeddingsCodec``.
+Never streamed.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from starlette.types import Receive, Scope, Send
 
 from llm_proxy.core.context import SCOPE_KEY, RequestContext, Target, Usage
 from llm_proxy.core.errors import ProxyError, bad_request, send_json
-from llm_proxy.providers import embeddings as native
+from llm_proxy.core.vectors import embed_texts, encoding_format, estimate_tokens
+from llm_proxy.core.wire import Passthrough
+from llm_proxy.providers.openai import embedding_tokens
 from llm_proxy.routing import pipeline
-from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.runtime.provider import ProviderRuntime
+from llm_proxy.runtime.snapshot import runtime_of
 from llm_proxy.upstream.dispatch import forward_body, run_before, send_native, with_plugins
 
 __all__ = ["call", "create_embeddings", "unsupported"]
-
-EMBEDDINGS_PATH = "/embeddings"
 
 
 async def create_embeddings(scope: Scope, receive: Receive, send: Send) -> None:
@@ -40,19 +41,14 @@ async def call(ctx: RequestContext, provider: ProviderRuntime, path: str, body: 
 
 def _passthrough_usage(data: bytes, ctx: RequestContext) -> Usage | None:
     """``usage.prompt_tokens`` of an OpenAI-shaped answer; estimated from text input when absent."""
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        obj = None
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    if isinstance(tokens, int):
+    tokens = embedding_tokens(data)
+    if tokens is not None:
         return Usage(prompt_tokens=tokens)
     value = (ctx.body or {}).get("input")
     texts = [value] if isinstance(value, str) else value
     if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
         ctx.metadata["usage_estimated"] = True
-        return Usage(prompt_tokens=native.estimate_tokens(texts))
+        return Usage(prompt_tokens=estimate_tokens(texts))
     return None
 
 
@@ -69,25 +65,19 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
 
 async def _embed(ctx: RequestContext, target: Target) -> tuple[bytes, Usage | None, bool]:
     """One deployment's embeddings: (the answer in OpenAI's shape, usage, whether estimated)."""
-    provider = ctx.runtime.providers[target.provider]
+    provider = runtime_of(ctx).upstreams.providers[target.provider]
     body = ctx.body
     assert body is not None
-    kind = provider.config.type
-    if kind == "openai":
-        data = await call(ctx, provider, EMBEDDINGS_PATH, forward_body(ctx))
+    codec = provider.wire.embeddings
+    if isinstance(codec, Passthrough):
+        data = await call(ctx, provider, codec.path, forward_body(ctx))
         usage = _passthrough_usage(data, ctx)
         return data, usage, bool(ctx.metadata.get("usage_estimated"))
-    if kind not in ("gemini", "ollama"):
+    if codec is None:
         raise unsupported("Embeddings", provider)
-    texts = native.embed_texts(body, kind)
-    fmt = native.encoding_format(body)
-    key = provider.api_key(ctx.key_index)
-    if kind == "gemini":
-        request = native.gemini_embed_request(body, target.model, texts, api_key=key)
-        data = await call(ctx, provider, request.path, request.body, request.headers)
-        response, usage = native.gemini_embed_response(data, target.model, texts, fmt, provider.name)
-        return orjson.dumps(response), usage, True  # Gemini reports no tokens for embeddings
-    request = native.ollama_embed_request(body, target.model, texts, api_key=key)
+    texts = embed_texts(body, provider.wire.name)
+    fmt = encoding_format(body)
+    request = codec.build(body, target.model, texts, api_key=provider.api_key(ctx.key_index))
     data = await call(ctx, provider, request.path, request.body, request.headers)
-    response, usage, estimated = native.ollama_embed_response(data, target.model, texts, fmt, provider.name)
-    return orjson.dumps(response), usage, estimated
+    answer = codec.parse(data, target.model, texts, fmt, provider.name)
+    return orjson.dumps(answer.response), answer.usage, answer.estimated

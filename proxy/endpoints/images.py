@@ -1,10 +1,9 @@
-"""``POST /v1/images/generations``: OpenAI-compatible pass-through, or Gemini Imagen translated.
+"""``POST /v1/images/generations``: passed through, or translated by the provider's format.
 
-OpenAI-compatible providers get the client's bytes at ``{base_url}/images/generations`` and
-their answer goes back untouched (a ``stream: true`` request, which gpt-image models accept,
-is relayed byte for byte). Gemini ``imagen*`` models go to ``:predict``; their images come
-back as ``b64_json``, or as ``data:`` URIs when ``response_format`` is ``url`` (Gemini hosts
-no images). Other provider types cannot generate images here.
+A format that serves images as is (``Passthrough``: OpenAI-compatible servers) gets the
+client's bytes and its answer goes back untouched (a ``stream: true`` request, which
+gpt-image models accept, is relayed byte for byte). A format with an ``ImagesCodec`` (Gemini
+Imagen) is translated and never streamed. Other formats cannot generate images here.
 
 Cost: the serving provider's ``prices.<model>.per_image`` times the images returned, set
 here; without it, token usage the upstream reported (gpt-image) is priced by the catalog
@@ -13,42 +12,25 @@ like any other request; else the cost stays unknown.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy.core.context import SCOPE_KEY, RequestContext, Target, Usage
 from llm_proxy.core.errors import bad_request, send_json
+from llm_proxy.core.wire import Chunk, Passthrough, StreamDecoder
 from llm_proxy.endpoints.embeddings import call, unsupported
-from llm_proxy.providers import embeddings as native
+from llm_proxy.providers.openai import image_result
 from llm_proxy.routing import pipeline
-from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.runtime.provider import ProviderRuntime
+from llm_proxy.runtime.snapshot import runtime_of
 from llm_proxy.upstream.dispatch import Upstream, forward_body, run_before, send_native, with_plugins
 from llm_proxy.upstream.relay import ObservedRelay, relay_stream
 
 __all__ = ["generate_images"]
 
-IMAGES_PATH = "/images/generations"
-
 
 async def generate_images(scope: Scope, receive: Receive, send: Send) -> None:
     await with_plugins(scope["state"][SCOPE_KEY], _dispatch, send)
-
-
-def _image_usage(obj: Any) -> Usage | None:
-    """gpt-image's ``usage`` (input/output tokens); DALL·E and most servers send none."""
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
-    if not isinstance(inp, int) and not isinstance(out, int):
-        return None
-    details = usage.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt_tokens=inp if isinstance(inp, int) else 0,
-                 completion_tokens=out if isinstance(out, int) else 0,
-                 cached_tokens=cached if isinstance(cached, int) else 0)
 
 
 def _meter(ctx: RequestContext, provider: ProviderRuntime, images: int, usage: Usage | None) -> None:
@@ -70,57 +52,52 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
         await relay_stream(ctx, up, send, relay)
         return
     data, images, usage = await pipeline.run(ctx, lambda target: _generate(ctx, target))
-    _meter(ctx, ctx.runtime.providers[ctx.target.provider], images, usage)
+    _meter(ctx, runtime_of(ctx).upstreams.providers[ctx.target.provider], images, usage)
     await send_json(send, 200, data)
 
 
 async def _generate(ctx: RequestContext, target: Target) -> tuple[bytes, int, Usage | None]:
     """One deployment's images: (the answer in OpenAI's shape, how many images, usage)."""
-    provider = ctx.runtime.providers[target.provider]
+    provider = runtime_of(ctx).upstreams.providers[target.provider]
     body = ctx.body
     assert body is not None
-    kind = provider.config.type
-    if kind == "openai":
-        data = await call(ctx, provider, IMAGES_PATH, forward_body(ctx))
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            obj = None
-        images = obj.get("data") if isinstance(obj, dict) else None
-        return data, len(images) if isinstance(images, list) else 0, _image_usage(obj)
-    if kind != "gemini" or not native.is_imagen(target.model):
-        raise unsupported("Image generation" + (" with a non-Imagen model" if kind == "gemini" else ""), provider)
-    request = native.gemini_image_request(body, target.model, api_key=provider.api_key(ctx.key_index))
+    codec = provider.wire.images
+    if isinstance(codec, Passthrough):
+        data = await call(ctx, provider, codec.path, forward_body(ctx))
+        images, usage = image_result(data)
+        return data, images, usage
+    reason = codec.unsupported(target.model) if codec is not None else None
+    if codec is None or reason is not None:
+        raise unsupported("Image generation" + (f" {reason}" if reason else ""), provider)
+    request = codec.build(body, target.model, api_key=provider.api_key(ctx.key_index))
     data = await call(ctx, provider, request.path, request.body, request.headers)
-    response = native.gemini_image_response(data, body.get("response_format"), provider.name)
+    response = codec.parse(data, body.get("response_format"), provider.name)
     return orjson.dumps(response), len(response["data"]), None
 
 
 async def _open_stream(ctx: RequestContext, target: Target) -> Upstream:
     """gpt-image streaming: the upstream's events go through as they come, unmetered."""
-    provider = ctx.runtime.providers[target.provider]
-    if provider.config.type != "openai":
+    provider = runtime_of(ctx).upstreams.providers[target.provider]
+    codec = provider.wire.images
+    if not isinstance(codec, Passthrough):
         raise bad_request(f"stream is not supported for image generation with provider '{provider.name}'",
                           param="stream")
-    return await send_native(ctx, provider, IMAGES_PATH, forward_body(ctx), {})
+    return await send_native(ctx, provider, codec.path, forward_body(ctx), {})
 
 
-class _Bytes:
+class _Bytes(StreamDecoder):
     """An image event stream is not metered: the first bytes count as output, the end as done."""
 
-    usage: Usage | None = None
-    error: dict[str, Any] | None = None
-
     def __init__(self) -> None:
-        self.finish_reason: str | None = None
+        super().__init__()
         self._seen = False
 
-    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+    def feed(self, chunk: bytes) -> list[Chunk]:
         if self._seen:
             return []
         self._seen = True
         return [{"choices": [{"delta": {"content": "image"}}]}]
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Chunk]:
         self.finish_reason = "stop"
         return []

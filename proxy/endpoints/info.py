@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -10,7 +11,8 @@ from starlette.types import Receive, Scope, Send
 
 from llm_proxy.core.context import SCOPE_KEY, RequestContext
 from llm_proxy.core.errors import send_json
-from llm_proxy.runtime.snapshot import RuntimeHolder
+from llm_proxy.runtime.holder import RuntimeHolder
+from llm_proxy.runtime.snapshot import runtime_of
 
 __all__ = ["health", "list_models", "metrics_endpoint"]
 
@@ -20,18 +22,19 @@ _CREATED = int(time.time())
 async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
     """OpenAI's list shape; ``owned_by`` names the provider that serves the model."""
     ctx: RequestContext = scope["state"][SCOPE_KEY]
-    runtime = ctx.runtime
+    runtime = runtime_of(ctx)
+    aliases, providers = runtime.routes.aliases, runtime.upstreams.providers
     data = []
     seen: set[str] = set()
-    for name, targets in runtime.models.items():
-        enabled = [t for t in targets if runtime.providers[t.provider].enabled]
+    for name, targets in runtime.routes.models.items():
+        enabled = [t for t in targets if providers[t.provider].enabled]
         if enabled and name not in seen:
             seen.add(name)
             data.append({"id": name, "object": "model", "created": _CREATED, "owned_by": enabled[0].provider})
-    for alias, target in runtime.aliases.items():
+    for alias, target in aliases.items():
         final = target
-        while final in runtime.aliases:
-            final = runtime.aliases[final]
+        while final in aliases:
+            final = aliases[final]
         if final in seen and alias not in seen:
             seen.add(alias)
             owner = next(d["owned_by"] for d in data if d["id"] == final)
@@ -45,12 +48,12 @@ async def list_models(scope: Scope, receive: Receive, send: Send) -> None:
         data.append(entry)
     allowed = ctx.client.allowed_models if ctx.client is not None else None
     if allowed is not None:  # a key limited to some models sees those (and aliases of them) only
-        data = [d for d in data if d["id"] in allowed or _final(runtime.aliases, str(d["id"])) in allowed]
+        data = [d for d in data if d["id"] in allowed or _final(aliases, str(d["id"])) in allowed]
     ctx.status = 200
     await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
 
 
-def _final(aliases: dict[str, str], name: str) -> str:
+def _final(aliases: Mapping[str, str], name: str) -> str:
     while name in aliases:
         name = aliases[name]
     return name
@@ -61,18 +64,19 @@ def health(holder: RuntimeHolder):
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         runtime = holder.current
-        providers = {name: p.status() for name, p in runtime.providers.items()}
+        log = runtime.request_log.writer
+        providers = {name: p.status() for name, p in runtime.upstreams.providers.items()}
         for name, info in providers.items():
-            open_breakers = runtime.routing.breaker_states(name)
+            open_breakers = runtime.routes.learned.breaker_states(name)
             if open_breakers:
                 info["breakers"] = open_breakers
-        ready = runtime.started and any(p.enabled for p in runtime.providers.values())
+        ready = holder.started and any(p.enabled for p in runtime.upstreams.providers.values())
         body = {
             "status": "ok" if ready else "unavailable",
             "live": True,
             "ready": ready,
             "providers": providers,
-            "request_log": {"queued": runtime.log_writer.queued, "written": runtime.log_writer.written},
+            "request_log": {"queued": log.queued, "written": log.written},
         }
         await send_json(send, 200 if ready else 503, orjson.dumps(body))
 

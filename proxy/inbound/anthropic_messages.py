@@ -19,7 +19,8 @@ import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError, bad_request
-from llm_proxy.providers.anthropic import _TYPE_BY_STATUS
+from llm_proxy.core.wire import loads_or_none
+from llm_proxy.providers.anthropic import ERROR_TYPE_BY_STATUS
 from llm_proxy.providers.openai import usage_from
 
 __all__ = ["EventStream", "count_tokens", "error_body", "error_type", "from_chat", "message_id", "to_chat"]
@@ -27,7 +28,7 @@ __all__ = ["EventStream", "count_tokens", "error_body", "error_type", "from_chat
 # finish_reason -> stop_reason. A chat "stop" cannot tell a stop sequence from a natural end.
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
          "function_call": "tool_use", "content_filter": "refusal"}
-_ERROR_TYPES = {**_TYPE_BY_STATUS, 500: "api_error", 503: "overloaded_error"}
+_ERROR_TYPES = {**ERROR_TYPE_BY_STATUS, 500: "api_error", 503: "overloaded_error"}
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 _EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high", "xhigh": "high"}
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
@@ -252,11 +253,8 @@ def _input(arguments: Any) -> dict[str, Any]:
         return arguments
     if not arguments:
         return {}
-    try:
-        parsed = orjson.loads(arguments)
-    except (orjson.JSONDecodeError, TypeError):
-        parsed = None
-    return parsed if isinstance(parsed, dict) else {_RAW_ARGS: str(arguments)}
+    parsed = loads_or_none(arguments)
+    return parsed if parsed is not None else {_RAW_ARGS: str(arguments)}
 
 
 def _stop_reason(finish: Any, tool_calls: bool) -> str:

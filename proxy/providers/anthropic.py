@@ -1,9 +1,8 @@
 """Anthropic Messages wire format (``POST /v1/messages``) <-> OpenAI Chat Completions.
 
-Anthropic differs from the hub in structure, not just names: the system prompt is a
-top-level field, roles must alternate, tool results are user-turn content blocks, tool
-arguments are JSON objects rather than strings, ``max_tokens`` is required, and streams are
-typed events with per-block deltas. Pure translation; the caller does the HTTP.
+Anthropic differs from the hub in structure, not just names (the request side is in
+``anthropic_request``): answers are content blocks, usage counts cache reads apart from input,
+and streams are typed events with per-block deltas. Pure translation; the caller does the HTTP.
 """
 
 from __future__ import annotations
@@ -14,19 +13,32 @@ from typing import Any
 import orjson
 
 from llm_proxy.core.context import Usage
-from llm_proxy.core.errors import ProxyError, bad_request
-from llm_proxy.core.sse import SSEDecoder, SSEEvent
-from llm_proxy.core.wire import Translated, UpstreamCall, UpstreamError, rename_params
+from llm_proxy.core.sse import SSEEvent
+from llm_proxy.core.wire import (
+    Chunk,
+    Translated,
+    UpstreamCall,
+    UpstreamError,
+    WireFormat,
+    bad_upstream,
+    loads_or_none,
+)
+from llm_proxy.core.wire import StreamDecoder as _BaseDecoder
+from llm_proxy.providers.anthropic_request import API_VERSION, MESSAGES_PATH, auth_headers, build_request
 
-__all__ = ["API_VERSION", "MESSAGES_PATH", "StreamDecoder", "build_request", "parse_error", "parse_response"]
+__all__ = [
+    "API_VERSION",
+    "ERROR_TYPE_BY_STATUS",
+    "FORMAT",
+    "MESSAGES_PATH",
+    "AnthropicFormat",
+    "StreamDecoder",
+    "auth_headers",
+    "build_request",
+    "parse_error",
+    "parse_response",
+]
 
-MESSAGES_PATH = "/v1/messages"
-API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; used when neither client nor catalog gives one
-_RENAMES = {"temperature": "temperature", "top_p": "top_p"}
-# reasoning_effort -> thinking budget; 1024 is the smallest budget Anthropic accepts.
-_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
-_MIN_BUDGET = 1024
 _FINISH = {
     "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
     "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
@@ -40,194 +52,12 @@ _ERROR_TYPES = {
     "billing_error": "insufficient_quota", "api_error": "api_error", "timeout_error": "api_error",
     "overloaded_error": "api_error",
 }
-_TYPE_BY_STATUS = {
+# The Anthropic error type an HTTP status stands for (also what the inbound Messages surface answers).
+ERROR_TYPE_BY_STATUS = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
     403: "permission_error", 404: "not_found_error", 413: "request_too_large",
     429: "rate_limit_error", 504: "timeout_error", 529: "overloaded_error",
 }
-
-
-def build_request(
-    body: dict[str, Any], model: str, *, api_key: str | None, stream: bool, max_output_tokens: int | None
-) -> UpstreamCall:
-    """An OpenAI chat request -> ``POST /v1/messages``; raises ``bad_request`` if untranslatable."""
-    if (body.get("n") or 1) != 1:
-        raise bad_request("Anthropic models return a single choice; n must be 1", param="n")
-    system, messages = _messages(body.get("messages"))
-    out: dict[str, Any] = {"model": model}
-    explicit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if explicit is not None and (not isinstance(explicit, int) or isinstance(explicit, bool) or explicit < 1):
-        raise bad_request("max_tokens must be a positive integer", param="max_tokens")
-    max_tokens = int(explicit or max_output_tokens or DEFAULT_MAX_TOKENS)
-    budget = _budget(body.get("reasoning_effort"))
-    if budget:
-        # Thinking counts against max_tokens and Anthropic wants budget_tokens < max_tokens.
-        if not explicit and not max_output_tokens:
-            max_tokens = budget + DEFAULT_MAX_TOKENS  # no known ceiling: leave room for the answer
-        elif max_tokens <= budget:
-            budget = max(_MIN_BUDGET, max_tokens // 2)
-            if max_tokens <= budget:
-                max_tokens += budget
-        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-    else:
-        rename_params(body, _RENAMES, out)  # thinking rejects temperature/top_p changes: dropped then
-        if isinstance(out.get("temperature"), int | float) and out["temperature"] > 1:
-            out["temperature"] = 1.0  # OpenAI's range is 0..2, Anthropic's 0..1
-    out["max_tokens"] = max_tokens
-    if stream:
-        out["stream"] = True
-    if system:
-        out["system"] = system
-    out["messages"] = messages
-    tools = body.get("tools")
-    if tools:
-        out["tools"] = [_tool(t, i) for i, t in enumerate(tools)]
-        choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
-        if choice:
-            out["tool_choice"] = choice
-    stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    if body.get("user"):
-        out["metadata"] = {"user_id": str(body["user"])}
-    headers = {"anthropic-version": API_VERSION}
-    if api_key:
-        headers["x-api-key"] = api_key
-    return UpstreamCall(MESSAGES_PATH, orjson.dumps(out), headers)
-
-
-def _budget(effort: Any) -> int | None:
-    if effort is None or effort == "none":
-        return None
-    if effort not in _BUDGETS:
-        raise bad_request(f"Unsupported reasoning_effort {effort!r}", param="reasoning_effort")
-    return _BUDGETS[effort]
-
-
-def _messages(raw: Any) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
-    """(system, messages): system hoisted, tool results as user blocks, same-role turns merged."""
-    if not isinstance(raw, list) or not raw:
-        raise bad_request("messages must be a non-empty array", param="messages")
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for i, msg in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise bad_request("each message must be an object", param=where)
-        role, content = msg.get("role"), msg.get("content")
-        if role in ("system", "developer"):
-            system.extend(_blocks(content, where, images=False))
-            continue
-        if role == "user":
-            blocks = _blocks(content, where)
-        elif role == "assistant":
-            blocks = _blocks(content, where)
-            blocks.extend(_tool_use(call, where) for call in msg.get("tool_calls") or ())
-        elif role == "tool":
-            if not msg.get("tool_call_id"):
-                raise bad_request("tool messages need a tool_call_id", param=f"{where}.tool_call_id")
-            role, result = "user", {"type": "tool_result", "tool_use_id": msg["tool_call_id"]}
-            parts = content if isinstance(content, str) else _blocks(content, where)
-            if parts:
-                result["content"] = parts
-            blocks = [result]
-        else:
-            raise bad_request(f"Unsupported message role {role!r}", param=f"{where}.role")
-        if not blocks:  # Anthropic rejects empty content; an empty turn carries nothing anyway
-            continue
-        if turns and turns[-1]["role"] == role:  # Anthropic requires alternating roles
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    if not turns:
-        raise bad_request("messages must include a user or assistant message", param="messages")
-    for turn in turns:
-        blocks = turn["content"]
-        if turn["role"] == "user":  # tool_result blocks must open the user turn (stable sort)
-            blocks.sort(key=lambda b: b["type"] != "tool_result")
-        if len(blocks) == 1 and blocks[0]["type"] == "text" and len(blocks[0]) == 2:
-            turn["content"] = blocks[0]["text"]  # the plain-string form, as most clients send it
-    if any("cache_control" in b for b in system):
-        return system, turns  # keep the blocks so the client's cache breakpoints survive
-    return "\n\n".join(b["text"] for b in system) or None, turns
-
-
-def _blocks(content: Any, where: str, *, images: bool = True) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise bad_request("content must be a string or an array of parts", param=f"{where}.content")
-    out: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" or kind == "refusal":
-            text = part.get(kind)
-            if not text:
-                continue
-            block: dict[str, Any] = {"type": "text", "text": text}
-        elif kind == "image_url" and images:
-            block = {"type": "image", "source": _image_source(part.get("image_url"), where)}
-        else:
-            raise bad_request(f"Unsupported content part {kind!r} for Anthropic", param=f"{where}.content")
-        if part.get("cache_control"):
-            block["cache_control"] = part["cache_control"]
-        out.append(block)
-    return out
-
-
-def _image_source(image: Any, where: str) -> dict[str, Any]:
-    url = image.get("url") if isinstance(image, dict) else image
-    if isinstance(url, str) and url.startswith("data:"):
-        header, sep, data = url[5:].partition(",")
-        if sep and header.endswith(";base64"):
-            return {"type": "base64", "media_type": header[: -len(";base64")], "data": data}
-    elif isinstance(url, str) and url.startswith(("https://", "http://")):
-        return {"type": "url", "url": url}
-    raise bad_request("image_url must be an http(s) URL or a base64 data: URL", param=f"{where}.content")
-
-
-def _tool_use(call: Any, where: str) -> dict[str, Any]:
-    fn = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(fn, dict) or not fn.get("name") or not call.get("id"):
-        raise bad_request("tool_calls need an id and a function name", param=f"{where}.tool_calls")
-    args = fn.get("arguments") or "{}"
-    if isinstance(args, str):
-        try:
-            args = orjson.loads(args)
-        except orjson.JSONDecodeError:
-            raise bad_request("tool call arguments are not valid JSON", param=f"{where}.tool_calls") from None
-    if not isinstance(args, dict):  # Anthropic's tool input must be an object
-        raise bad_request("tool call arguments must be a JSON object", param=f"{where}.tool_calls")
-    return {"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args}
-
-
-def _tool(tool: Any, i: int) -> dict[str, Any]:
-    fn = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
-    if not isinstance(fn, dict) or not fn.get("name"):
-        raise bad_request("Only function tools with a name can be sent to Anthropic", param=f"tools[{i}]")
-    out: dict[str, Any] = {"name": fn["name"]}
-    if fn.get("description"):
-        out["description"] = fn["description"]
-    out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
-    return out
-
-
-def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
-    if choice is None:
-        out: dict[str, Any] | None = {"type": "auto"} if parallel is False else None
-    elif choice in ("auto", "none"):
-        out = {"type": choice}
-    elif choice == "required":
-        out = {"type": "any"}
-    elif isinstance(choice, dict) and choice.get("type") == "function" and (choice.get("function") or {}).get("name"):
-        out = {"type": "tool", "name": choice["function"]["name"]}
-    else:
-        raise bad_request(f"Unsupported tool_choice {choice!r}", param="tool_choice")
-    if out and parallel is False and out["type"] != "none":
-        out["disable_parallel_tool_use"] = True
-    return out
 
 
 def _finish(stop_reason: Any) -> str | None:
@@ -255,20 +85,11 @@ def _openai_error(atype: Any, message: Any) -> dict[str, Any]:
     return {"message": str(message or atype), "type": etype, "code": None if atype == etype else atype}
 
 
-def _load(data: Any) -> Any:
-    if isinstance(data, bytes | bytearray | memoryview | str):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-    return data
-
-
 def parse_response(data: Any, model: str) -> Translated:
     """An Anthropic ``message`` (bytes or parsed) -> an OpenAI ``chat.completion``."""
-    obj = _load(data)
-    if not isinstance(obj, dict) or obj.get("type") == "error" or not isinstance(obj.get("content"), list):
-        raise ProxyError(502, "Anthropic returned a response that is not a message", type="api_error")
+    obj = loads_or_none(data)
+    if obj is None or obj.get("type") == "error" or not isinstance(obj.get("content"), list):
+        raise bad_upstream("Anthropic", "a response that is not a message")
     texts: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -298,7 +119,7 @@ def parse_response(data: Any, model: str) -> Translated:
     return Translated(response, usage, finish)
 
 
-class StreamDecoder:
+class StreamDecoder(_BaseDecoder):
     """Anthropic SSE events (any byte chunking) -> OpenAI ``chat.completion.chunk`` dicts.
 
     Tool calls are numbered in the order their ``tool_use`` blocks start, since OpenAI's
@@ -306,31 +127,20 @@ class StreamDecoder:
     """
 
     def __init__(self, model: str) -> None:
-        self.model = model
+        super().__init__(model)
         self.id = ""
         self.created = int(time.time())
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: dict[str, Any] | None = None
-        self._sse = SSEDecoder()
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool-call index
         self._counts: dict[str, Any] = {}  # raw Anthropic usage, updated as events report it
         self._done = False  # message_stop or error seen: later bytes are ignored
 
-    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
-        return self._handle(self._sse.feed(chunk))
-
-    def finish(self) -> list[dict[str, Any]]:
-        """End of upstream bytes: an unterminated last event (real Anthropic streams) counts."""
-        return self._handle(self._sse.flush())
-
-    def _handle(self, events: list[SSEEvent]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def _events(self, events: list[SSEEvent]) -> list[Chunk]:
+        out: list[Chunk] = []
         for ev in events:
             if self._done:
                 break
-            obj = _load(ev.data)
-            if not isinstance(obj, dict):
+            obj = loads_or_none(ev.data)
+            if obj is None:
                 self.error = _openai_error("api_error", "Anthropic sent a malformed stream event")
                 self._done = True
                 break
@@ -393,12 +203,12 @@ class StreamDecoder:
 
 def parse_error(status: int, data: Any) -> UpstreamError:
     """Anthropic's ``{"type":"error","error":{"type","message"}}`` -> status and OpenAI error."""
-    obj = _load(data)
-    err = obj.get("error") if isinstance(obj, dict) else None
+    obj = loads_or_none(data)
+    err = obj.get("error") if obj is not None else None
     atype = err.get("type") if isinstance(err, dict) else None
     message = err.get("message") if isinstance(err, dict) else None
     if not atype:
-        atype = _TYPE_BY_STATUS.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        atype = ERROR_TYPE_BY_STATUS.get(status, "api_error" if status >= 500 else "invalid_request_error")
     if not message:
         raw = data if isinstance(data, bytes | str) else b""
         text = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)[:300].strip()
@@ -409,3 +219,30 @@ def parse_error(status: int, data: Any) -> UpstreamError:
     if status == 529:
         status = 503
     return UpstreamError(status, e["message"], e["type"], e["code"])
+
+
+class AnthropicFormat(WireFormat):
+    """Anthropic Messages: chat translated; the Messages surface passes through as bytes."""
+
+    name = "anthropic"
+    label = "Anthropic"
+    passthrough_surface = "messages"
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return auth_headers(api_key)
+
+    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+                   max_output_tokens: int | None) -> UpstreamCall:
+        return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
+
+    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+        return parse_response(data, model)
+
+    def stream_decoder(self, model: str) -> StreamDecoder:
+        return StreamDecoder(model)
+
+    def parse_error(self, status: int, data: bytes) -> UpstreamError:
+        return parse_error(status, data)
+
+
+FORMAT = AnthropicFormat()

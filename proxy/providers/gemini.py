@@ -10,20 +10,41 @@ JSON array).
 from __future__ import annotations
 
 import base64
-import re
 import time
 import uuid
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import bad_request
-from llm_proxy.core.sse import SSEDecoder
-from llm_proxy.core.wire import Translated, UpstreamCall, UpstreamError, rename_params
+from llm_proxy.core.json_stream import JsonArraySplitter
+from llm_proxy.core.sse import SSEEvent
+from llm_proxy.core.wire import (
+    Chunk,
+    Translated,
+    UpstreamCall,
+    UpstreamError,
+    WireFormat,
+    bad_upstream,
+    loads_or_none,
+    rename_params,
+)
+from llm_proxy.core.wire import StreamDecoder as _BaseDecoder
+from llm_proxy.providers import gemini_media
+from llm_proxy.providers.gemini_media import model_path
 
-__all__ = ["StreamDecoder", "build_request", "parse_error", "parse_response", "retry_delay"]
+__all__ = [
+    "FORMAT",
+    "GeminiFormat",
+    "StreamDecoder",
+    "auth_headers",
+    "build_request",
+    "parse_error",
+    "parse_response",
+    "retry_delay",
+]
 
 # OpenAI name → generationConfig field. max_completion_tokens comes after max_tokens: the newer name wins.
 PARAMS = {k: f"generationConfig.{v}" for k, v in {
@@ -41,7 +62,6 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
 # Gemini 3 rejects a replayed functionCall turn without the thoughtSignature it issued. OpenAI clients
 # cannot carry it, so the first call of each such turn gets Google's documented bypass value.
 _SKIP_SIGNATURE = "skip_thought_signature_validator"
-_STR_STOP = re.compile(rb'["\\]')
 
 
 def build_request(body: dict[str, Any], model: str, *, api_key: str, stream: bool,
@@ -74,9 +94,13 @@ def build_request(body: dict[str, Any], model: str, *, api_key: str, stream: boo
         gen["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS.get(effort, 8192), "includeThoughts": True}
     if not gen:
         del out["generationConfig"]
-    name = quote(model.removeprefix("models/"), safe="-._~")
-    path = f"/v1beta/models/{name}:" + ("streamGenerateContent?alt=sse" if stream else "generateContent")
-    return UpstreamCall(path, orjson.dumps(out), {"x-goog-api-key": api_key})
+    path = model_path(model) + (":streamGenerateContent?alt=sse" if stream else ":generateContent")
+    return UpstreamCall(path, orjson.dumps(out), auth_headers(api_key))
+
+
+def auth_headers(api_key: str) -> dict[str, str]:
+    """The key goes in a header, never the URL: URLs get logged."""
+    return {"x-goog-api-key": api_key}
 
 
 def _text(content: Any) -> str:
@@ -209,14 +233,15 @@ def _parts(parts: Any, first_call: int, rid: str) -> tuple[str, str, list[dict[s
     return "".join(text), "".join(thought), calls
 
 
-def _json(data: Any) -> Any:
-    return orjson.loads(data) if isinstance(data, bytes | bytearray | str) else data
-
-
 def parse_response(data: bytes | dict[str, Any], model: str) -> Translated:
-    obj = _json(data)
+    """A ``generateContent`` answer → an OpenAI ``chat.completion``; anything else is a bad upstream."""
+    obj = loads_or_none(data)
+    candidates = obj.get("candidates") if obj is not None else None
+    if obj is None or not (isinstance(candidates, list) or "promptFeedback" in obj) or not all(
+            isinstance(c, dict) for c in candidates or ()):
+        raise bad_upstream("Gemini", "a response that is not a generateContent answer")
     rid, usage, choices = obj.get("responseId") or uuid.uuid4().hex, _usage(obj.get("usageMetadata")), []
-    for pos, cand in enumerate(obj.get("candidates") or []):
+    for pos, cand in enumerate(candidates or ()):
         text, reasoning, calls = _parts((cand.get("content") or {}).get("parts"), 0, rid)
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if reasoning:
@@ -235,79 +260,44 @@ def parse_response(data: bytes | dict[str, Any], model: str) -> Translated:
     return Translated(response, usage, choices[0]["finish_reason"])
 
 
-class StreamDecoder:
+class StreamDecoder(_BaseDecoder):
     """Gemini stream → OpenAI chunks; the framing (SSE or JSON array) is told by the first byte."""
 
     def __init__(self, model: str) -> None:
-        self.model = model
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: dict[str, Any] | None = None
-        self._sse: SSEDecoder | None = None
+        super().__init__(model)
         self._array: bool | None = None  # None until the first non-whitespace byte
-        self._buf = bytearray()  # the array element in progress
-        self._depth = 0
-        self._in_str = self._esc = False
+        self._elements = JsonArraySplitter()
         self._id: str | None = None
         self._created = int(time.time())
         self._choices: dict[int, list[Any]] = {}  # candidate index → [role sent, tool calls so far]
 
-    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+    def feed(self, chunk: bytes) -> list[Chunk]:
         if self._array is None:
             if not (head := chunk.lstrip()):
                 return []
             self._array = head[:1] in (b"[", b"{")  # ``{``: a bare object (an error), same splitter
-            self._sse = None if self._array else SSEDecoder()
-        if self._sse is not None:
-            return self._events(self._sse.feed(chunk))
-        return [c for raw in self._split(chunk) for c in self._translate(orjson.loads(raw))]
+        if not self._array:
+            return super().feed(chunk)
+        return [c for raw in self._elements.feed(chunk) for c in self._translate(loads_or_none(raw))]
 
-    def finish(self) -> list[dict[str, Any]]:
-        out = self._events(self._sse.flush()) if self._sse is not None else []
+    def finish(self) -> list[Chunk]:
+        out = [] if self._array else super().finish()
         if self.usage is not None:
             out.append(self._chunk([], usage=_usage_dict(self.usage)))
         return out
 
-    def _events(self, events: list[Any]) -> list[dict[str, Any]]:
+    def _events(self, events: list[SSEEvent]) -> list[Chunk]:
         return [c for ev in events if ev.data.strip() and ev.data != b"[DONE]"
-                for c in self._translate(orjson.loads(ev.data))]
-
-    def _split(self, chunk: bytes) -> list[bytes]:
-        """Complete top-level elements of a streamed JSON array. Commas, whitespace and the outer
-        brackets are framing; string state is tracked so braces inside text don't count."""
-        done: list[bytes] = []
-        start, i, n = (0 if self._depth else -1), 0, len(chunk)
-        while i < n:
-            if self._in_str:
-                if self._esc:
-                    self._esc, i = False, i + 1
-                elif (m := _STR_STOP.search(chunk, i)) is None:
-                    break
-                else:
-                    i, self._esc, self._in_str = m.end(), m.group() == b"\\", m.group() == b"\\"
-                continue
-            c = chunk[i]
-            if c == 0x22:  # "
-                self._in_str = self._depth > 0
-            elif c == 0x7B or (c == 0x5B and self._depth):  # { or a nested [
-                start = i if not self._depth else start
-                self._depth += 1
-            elif c in (0x7D, 0x5D) and self._depth:  # } or ]
-                self._depth -= 1
-                if not self._depth:
-                    done.append(bytes(self._buf + chunk[start : i + 1]))
-                    self._buf.clear()
-            i += 1
-        if self._depth:
-            self._buf += chunk[start:]
-        return done
+                for c in self._translate(loads_or_none(ev.data))]
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"id": self._id or f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
                 "created": self._created, "model": self.model, "choices": choices, **extra}
 
-    def _translate(self, obj: Any) -> list[dict[str, Any]]:
-        if not isinstance(obj, dict):
+    def _translate(self, obj: dict[str, Any] | None) -> list[Chunk]:
+        if obj is None:
+            self.error = {"message": "Gemini sent a malformed stream event", "type": "api_error", "param": None,
+                          "code": None}
             return []
         if "error" in obj:
             err = _error(obj["error"], 0)
@@ -322,6 +312,8 @@ class StreamDecoder:
             self.finish_reason = "content_filter"
             return [self._chunk([{"index": 0, "delta": {}, "finish_reason": "content_filter"}])]
         for pos, cand in enumerate(candidates):
+            if not isinstance(cand, dict):
+                continue
             idx = cand.get("index", pos)
             state = self._choices.setdefault(idx, [False, 0])
             text, reasoning, calls = _parts((cand.get("content") or {}).get("parts"), state[1], self._id[9:])
@@ -346,13 +338,22 @@ class StreamDecoder:
 
 def retry_delay(data: bytes | dict[str, Any]) -> float | None:
     """Seconds from a ``google.rpc.RetryInfo`` detail (``"34.4s"``), for the relay's Retry-After header."""
-    try:
-        obj = _json(data)
-        err = (obj[0] if isinstance(obj, list) and obj else obj).get("error")
-        delays = [d["retryDelay"] for d in err.get("details") or [] if isinstance(d, dict) and "retryDelay" in d]
-        return float(delays[0].removesuffix("s")) if delays else None
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+    obj = _error_object(data)
+    err = obj.get("error") if obj is not None else None
+    if not isinstance(err, dict):
         return None
+    delays = [d["retryDelay"] for d in err.get("details") or () if isinstance(d, dict) and "retryDelay" in d]
+    try:
+        return float(delays[0].removesuffix("s")) if delays else None
+    except (AttributeError, ValueError):
+        return None
+
+
+def _error_object(data: object) -> dict[str, Any] | None:
+    """The ``google.rpc.Status`` wrapper, also when it comes in a one-element array (array stream)."""
+    obj = loads_or_none(data, object)
+    obj = obj[0] if isinstance(obj, list) and obj else obj
+    return obj if isinstance(obj, dict) else None
 
 
 def _error(err: Any, status: int) -> UpstreamError:
@@ -372,12 +373,38 @@ def _error(err: Any, status: int) -> UpstreamError:
 def parse_error(status: int, data: bytes | dict[str, Any]) -> UpstreamError:
     """google.rpc.Status (in a one-element array from the JSON-array stream) → OpenAI shape.
     The code is the Google status lowercased (``resource_exhausted``); a bad key becomes 401."""
-    try:
-        obj = _json(data)
-    except orjson.JSONDecodeError:
-        obj = None
-    obj = obj[0] if isinstance(obj, list) and obj else obj
-    if isinstance(obj, dict) and "error" in obj:
+    obj = _error_object(data)
+    if obj is not None and "error" in obj:
         return _error(obj["error"], status)
     text = data[:300].decode("utf-8", "replace").strip() if isinstance(data, bytes) else ""
     return _error(f"Gemini returned HTTP {status}" + (f": {text}" if text else ""), status)
+
+
+class GeminiFormat(WireFormat):
+    """Google Gemini ``generateContent``: chat translated, embeddings and Imagen translated too;
+    remote images are fetched first (Gemini takes only inline bytes)."""
+
+    name = "gemini"
+    label = "Gemini"
+    needs_inline_images = True
+    embeddings = gemini_media.EMBEDDINGS
+    images = gemini_media.IMAGES
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return auth_headers(api_key)
+
+    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+                   max_output_tokens: int | None) -> UpstreamCall:
+        return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
+
+    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+        return parse_response(data, model)
+
+    def stream_decoder(self, model: str) -> StreamDecoder:
+        return StreamDecoder(model)
+
+    def parse_error(self, status: int, data: bytes) -> UpstreamError:
+        return parse_error(status, data)
+
+
+FORMAT = GeminiFormat()

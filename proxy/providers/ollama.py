@@ -18,11 +18,36 @@ import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError, bad_request
-from llm_proxy.core.wire import Translated, UpstreamCall, UpstreamError, rename_params
+from llm_proxy.core.vectors import dimensions, embedding_list, estimate_tokens, vectors
+from llm_proxy.core.wire import (
+    Chunk,
+    Embedded,
+    EmbeddingsCodec,
+    ModelDiscovery,
+    Translated,
+    UpstreamCall,
+    UpstreamError,
+    WireFormat,
+    bad_upstream,
+    loads_or_none,
+    rename_params,
+)
+from llm_proxy.core.wire import StreamDecoder as _BaseDecoder
 
-__all__ = ["StreamDecoder", "build_request", "parse_error", "parse_response", "parse_tags"]
+__all__ = [
+    "FORMAT",
+    "OllamaEmbeddings",
+    "OllamaFormat",
+    "StreamDecoder",
+    "auth_headers",
+    "build_request",
+    "parse_error",
+    "parse_response",
+    "parse_tags",
+]
 
 CHAT_PATH = "/api/chat"
+EMBED_PATH = "/api/embed"
 
 # max_completion_tokens comes last so it wins over the legacy max_tokens when both are sent.
 _OPTIONS = {
@@ -33,15 +58,6 @@ _OPTIONS = {
 _ROLES = {"developer": "system"}
 _TYPE_BY_STATUS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                    404: "not_found_error", 429: "rate_limit_error"}
-
-
-def _loads(data: bytes | str | dict[str, Any]) -> Any:
-    if isinstance(data, dict):
-        return data
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _image(url: str) -> str:
@@ -145,8 +161,12 @@ def build_request(
     think = _think(body.get("reasoning_effort"), model)
     if think is not None:
         out["think"] = think
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    return UpstreamCall(path=CHAT_PATH, body=orjson.dumps(out), headers=headers)
+    return UpstreamCall(path=CHAT_PATH, body=orjson.dumps(out), headers=auth_headers(api_key))
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """Ollama Cloud takes a bearer key; a local server ignores it."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _tool_call(call: dict[str, Any], n: int) -> dict[str, Any]:
@@ -179,11 +199,12 @@ def _error(message: str) -> dict[str, Any]:
 
 
 def parse_response(data: bytes | str | dict[str, Any], model: str) -> Translated:
-    obj = _loads(data)
-    if not isinstance(obj, dict) or not isinstance(obj.get("message"), dict):
-        err = obj.get("error") if isinstance(obj, dict) else None
-        message = err if isinstance(err, str) else "Ollama returned an unreadable chat response"
-        raise ProxyError(502, message, type="api_error")
+    obj = loads_or_none(data)
+    if obj is None or not isinstance(obj.get("message"), dict):
+        err = obj.get("error") if obj is not None else None
+        if isinstance(err, str):  # the model runner failed after answering 200
+            raise ProxyError(502, err, type="upstream_error", code="bad_upstream_response")
+        raise bad_upstream("Ollama", "an unreadable chat response")
     msg = obj["message"]
     calls = [_tool_call(c, i) for i, c in enumerate(msg.get("tool_calls") or [])]
     message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or (None if calls else "")}
@@ -200,14 +221,12 @@ def parse_response(data: bytes | str | dict[str, Any], model: str) -> Translated
     return Translated(response=response, usage=usage, finish_reason=finish)
 
 
-class StreamDecoder:
-    """NDJSON → OpenAI chunks. Holds the partial line, the tool-call counter and the outcome."""
+class StreamDecoder(_BaseDecoder):
+    """NDJSON → OpenAI chunks (the inner SSE decoder is unused). Holds the partial line and the
+    tool-call counter."""
 
     def __init__(self, model: str) -> None:
-        self.model = model
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: dict[str, Any] | None = None
+        super().__init__(model)
         self._id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self._created = int(time.time())
         self._buffer = b""
@@ -219,7 +238,7 @@ class StreamDecoder:
         return {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
                 "model": self.model, "choices": choices, **extra}
 
-    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+    def feed(self, chunk: bytes) -> list[Chunk]:
         self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
         out: list[dict[str, Any]] = []
@@ -231,8 +250,8 @@ class StreamDecoder:
         line = line.strip()  # tolerates \r\n and blank keep-alive lines
         if not line or self.error is not None or self._done:
             return
-        obj = _loads(line)
-        if not isinstance(obj, dict):
+        obj = loads_or_none(line)
+        if obj is None:
             self.error = _error("Ollama sent an unreadable stream line")
             return
         if obj.get("error") is not None:
@@ -274,8 +293,8 @@ class StreamDecoder:
 
 def parse_error(status: int, data: bytes | str | dict[str, Any]) -> UpstreamError:
     """``{"error": "..."}`` → OpenAI type by status; a missing model gets ``model_not_found``."""
-    obj = _loads(data)
-    err = obj.get("error") if isinstance(obj, dict) else None
+    obj = loads_or_none(data)
+    err = obj.get("error") if obj is not None else None
     if isinstance(err, dict):
         err = err.get("message")
     if isinstance(err, str) and err:
@@ -291,7 +310,59 @@ def parse_error(status: int, data: bytes | str | dict[str, Any]) -> UpstreamErro
 
 def parse_tags(data: bytes) -> list[str]:
     """Model names from ``GET /api/tags``, for discovery; anything unreadable yields none."""
-    obj = _loads(data)
-    models = obj.get("models") if isinstance(obj, dict) else None
+    obj = loads_or_none(data)
+    models = obj.get("models") if obj is not None else None
     return [m.get("name") or m["model"] for m in models or []
             if isinstance(m, dict) and (m.get("name") or m.get("model"))]
+
+
+class OllamaEmbeddings(EmbeddingsCodec):
+    """``POST /api/embed`` (``input`` string or list, ``dimensions``); ``prompt_eval_count`` is the
+    prompt token count."""
+
+    def build(self, body: dict[str, Any], model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
+        out: dict[str, Any] = {"model": model, "input": body["input"] if isinstance(body.get("input"), str) else texts}
+        dims = dimensions(body)
+        if dims is not None:
+            out["dimensions"] = dims
+        return UpstreamCall(EMBED_PATH, orjson.dumps(out), auth_headers(api_key))
+
+    def parse(self, data: bytes, model: str, texts: list[str], encoding: str, provider: str) -> Embedded:
+        """``{"embeddings": [[...]], "prompt_eval_count"}`` → OpenAI list (usage estimated without a count)."""
+        obj = loads_or_none(data)
+        found = vectors(obj.get("embeddings") if obj is not None else None, len(texts), provider)
+        assert obj is not None
+        count = obj.get("prompt_eval_count")
+        estimated = not isinstance(count, int)
+        tokens = count if isinstance(count, int) else estimate_tokens(texts)
+        return Embedded(embedding_list(found, model, encoding, tokens), Usage(prompt_tokens=tokens), estimated)
+
+
+class OllamaFormat(WireFormat):
+    """Ollama's native ``/api/chat`` (NDJSON streams) and ``/api/embed``; remote images are fetched
+    first (Ollama takes only base64); a provider listing no models serves what ``/api/tags`` lists."""
+
+    name = "ollama"
+    label = "Ollama"
+    needs_inline_images = True
+    embeddings = OllamaEmbeddings()
+    discovery = ModelDiscovery("/api/tags", parse_tags)
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return auth_headers(api_key)
+
+    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+                   max_output_tokens: int | None) -> UpstreamCall:
+        return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
+
+    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+        return parse_response(data, model)
+
+    def stream_decoder(self, model: str) -> StreamDecoder:
+        return StreamDecoder(model)
+
+    def parse_error(self, status: int, data: bytes) -> UpstreamError:
+        return parse_error(status, data)
+
+
+FORMAT = OllamaFormat()

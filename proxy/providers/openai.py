@@ -8,16 +8,45 @@ normalises upstream errors into OpenAI's error shape.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.wire import (
+    KEEP_HEADERS,
+    Chunk,
+    JsonEventDecoder,
+    Passthrough,
+    StreamDecoder,
+    Translated,
+    UpstreamCall,
+    UpstreamError,
+    WireFormat,
+    bad_upstream,
+    loads_or_none,
+)
 
-__all__ = ["ChatStreamMeter", "native_error", "parse_chat_response", "upstream_error", "usage_from"]
+if TYPE_CHECKING:
+    from llm_proxy.core.config import ProviderConfig
+
+__all__ = [
+    "CHAT_PATH",
+    "FORMAT",
+    "ChatStreamMeter",
+    "OpenAIChunkDecoder",
+    "OpenAIFormat",
+    "embedding_tokens",
+    "image_result",
+    "parse_chat_response",
+    "upstream_error",
+    "usage_from",
+]
 
 CHAT_PATH = "/chat/completions"
+RESPONSES_PATH = "/responses"
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -29,8 +58,6 @@ _TYPE_BY_STATUS = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
-# Headers from an upstream error that a client needs to back off correctly.
-_KEEP_HEADERS = ("retry-after", "retry-after-ms")
 
 
 def usage_from(u: Any) -> Usage | None:
@@ -68,7 +95,7 @@ def parse_chat_response(data: bytes | dict[str, Any]) -> tuple[Usage | None, str
     if isinstance(data, dict):
         obj: Any = data
     else:
-        try:
+        try:  # inline rather than loads_or_none: the pass-through path
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             return None, None, None
@@ -99,7 +126,7 @@ class ChatStreamMeter:
 
     def feed(self, data: bytes) -> bool:
         """Record what one chunk says; return True if it is a usage-only chunk."""
-        try:
+        try:  # inline rather than loads_or_none: once per event on the pass-through path
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             return False
@@ -128,17 +155,14 @@ class ChatStreamMeter:
         return False
 
 
-def upstream_error(provider: str, status: int, body: bytes, headers: Any) -> ProxyError:
+def upstream_error(provider: str, status: int, body: bytes, headers: Mapping[str, str]) -> ProxyError:
     """An upstream's error as the client should see it: status kept, body in OpenAI shape."""
-    keep = {name: headers[name] for name in _KEEP_HEADERS if name in headers}
+    keep = {name: headers[name] for name in KEEP_HEADERS if name in headers}
     keep.update({k: v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")})
     etype = _TYPE_BY_STATUS.get(status, "api_error" if status >= 500 else "invalid_request_error")
     message, code, param = None, None, None
-    try:
-        obj = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        obj = None
-    if isinstance(obj, dict):
+    obj = loads_or_none(body) if body else None
+    if obj is not None:
         err = obj.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             if "type" in err:  # already OpenAI-shaped: the client gets the upstream's bytes
@@ -156,8 +180,90 @@ def upstream_error(provider: str, status: int, body: bytes, headers: Any) -> Pro
                       headers=keep)
 
 
-def native_error(translator: Any, status: int, body: bytes, headers: Any) -> ProxyError:
-    """A native-format upstream error, translated by its module, in OpenAI shape."""
-    keep = {name: headers[name] for name in _KEEP_HEADERS if name in headers}
-    err = translator.parse_error(status, body)
-    return ProxyError(err.status, err.message, type=err.type, code=err.code, headers=keep)
+def embedding_tokens(data: bytes) -> int | None:
+    """``usage.prompt_tokens`` of an embeddings answer, when it has one."""
+    obj = loads_or_none(data)
+    usage = obj.get("usage") if obj is not None else None
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) else None
+
+
+def image_result(data: bytes) -> tuple[int, Usage | None]:
+    """(images returned, gpt-image's token usage) of an images answer; DALL·E and most servers
+    send no usage."""
+    obj = loads_or_none(data)
+    if obj is None:
+        return 0, None
+    images = obj.get("data")
+    count = len(images) if isinstance(images, list) else 0
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return count, None
+    inp, out = usage.get("input_tokens"), usage.get("output_tokens")
+    if not isinstance(inp, int) and not isinstance(out, int):
+        return count, None
+    details = usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return count, Usage(prompt_tokens=inp if isinstance(inp, int) else 0,
+                        completion_tokens=out if isinstance(out, int) else 0,
+                        cached_tokens=cached if isinstance(cached, int) else 0)
+
+
+class OpenAIChunkDecoder(JsonEventDecoder):
+    """OpenAI-compatible SSE → chunk dicts, for clients that speak another format."""
+
+    def _take(self, obj: dict[str, Any]) -> Chunk | None:
+        if obj.get("error") is not None:
+            err = obj["error"]
+            self.error = err if isinstance(err, dict) else {"message": str(err), "type": "api_error"}
+            return None
+        if obj.get("usage"):
+            self.usage = usage_from(obj["usage"])
+        for choice in obj.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return obj
+
+
+class OpenAIFormat(WireFormat):
+    """Every OpenAI-compatible server: chat, embeddings and images pass through as bytes; the
+    key is a bearer header fixed per provider; ``responses_api: true`` adds Responses."""
+
+    name = "openai"
+    label = "The OpenAI-compatible upstream"
+    chat_passthrough = True
+    passthrough_surface = "chat.completions"
+    static_auth = True
+    embeddings = Passthrough("/embeddings")
+    images = Passthrough("/images/generations")
+
+    def passes_through(self, surface: str, config: ProviderConfig) -> bool:
+        return surface == "chat.completions" or (surface == "responses" and config.responses_api)
+
+    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+                   max_output_tokens: int | None) -> UpstreamCall:
+        """Only for callers that hold no client bytes (the dispatch forwards the client's own)."""
+        out = {**body, "model": model}
+        if stream:
+            out["stream"] = True
+        return UpstreamCall(CHAT_PATH, orjson.dumps(out))
+
+    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+        obj = loads_or_none(data)
+        if obj is None:
+            raise bad_upstream(self.label, "a chat completion that is not a JSON object")
+        usage, finish, _ = parse_chat_response(obj)
+        return Translated(obj, usage, finish)
+
+    def stream_decoder(self, model: str) -> StreamDecoder:
+        return OpenAIChunkDecoder(model)
+
+    def parse_error(self, status: int, data: bytes) -> UpstreamError:
+        err = upstream_error(self.name, status, data, {})
+        return UpstreamError(err.status, err.message, err.type, err.code)
+
+    def upstream_error(self, provider: str, status: int, data: bytes, headers: Mapping[str, str]) -> ProxyError:
+        return upstream_error(provider, status, data, headers)
+
+
+FORMAT = OpenAIFormat()

@@ -1,9 +1,10 @@
 """Model groups: resolve a group name a client sends (``dispatcher``) to a concrete model.
 
-Resolution is pure: it sees only :class:`RequestFacts` distilled from the body, the group
-configs and an injected ``classify`` coroutine, so it is testable without any provider.
-Everything that can be wrong with a group (unknown targets, bad regexes, cycles, depth) is
-reported by :func:`validate_groups` at load time; the resolver trusts validated configs.
+Resolution is pure: it sees only the request facts (``llm_proxy.core.conditions``, which also
+holds the ``when:`` language its rules use), the group configs and an injected ``classify``
+coroutine, so it is testable without any provider. Everything that can be wrong with a group
+(unknown targets, bad regexes, cycles, depth) is reported by :func:`validate_groups` at load
+time; the resolver trusts validated configs.
 """
 
 from __future__ import annotations
@@ -13,33 +14,22 @@ import hashlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from llm_proxy.core.tokens import estimate_prompt_tokens
-
-if TYPE_CHECKING:
-    from llm_proxy.core.config import GroupConfig, RuleConfig
+from llm_proxy.core.conditions import RequestFacts, condition_errors, holds
+from llm_proxy.core.config import GroupConfig, RuleConfig
 
 __all__ = [
     "MAX_DEPTH",
     "ClassifyFn",
     "GroupResolutionError",
     "GroupResolver",
-    "RequestFacts",
     "bucket_index",
-    "condition_errors",
-    "facts_from",
-    "holds",
     "validate_groups",
 ]
 
 MAX_DEPTH = 10  # levels of groups-within-groups
 CACHE_MAX_ENTRIES = 10_000
 CLASSIFIER_MAX_CHARS = 4000
-_TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal"})
-_BOOL_CONDS = frozenset({"multimodal", "reasoning", "tools", "stream"})
-_INT_CONDS = frozenset({"prompt_tokens_above", "prompt_tokens_below"})
 # Leading word boundary only: "debugging"/"refactoring" match, "improve" does not match "prove".
 _COMPLEXITY = re.compile(
     r"\b(?:step by step|debug|implement|refactor|prove|analy[sz]e|architecture|optimi[sz]e"
@@ -52,116 +42,6 @@ ClassifyFn = Callable[[str, str], Awaitable[str]]  # (selector_model, prompt) ->
 
 class GroupResolutionError(Exception):
     """A group could not be resolved (cycle or depth) — only with an unvalidated config."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
-    """What group rules may look at, extracted once per request."""
-
-    last_user_text: str
-    tags: frozenset[str]
-    prompt_tokens: int
-    multimodal: bool
-    reasoning: bool
-    tools: bool
-    stream: bool
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
-def _norm_tag(tag: str) -> str:
-    return tag.strip().lower()
-
-
-def facts_from(body: dict[str, Any], header_tags: bytes | None) -> RequestFacts:
-    """Distil a chat-completions body (+ ``x-llm-proxy-tags`` header) into facts.
-
-    Tags are stripped and lower-cased so ``Code`` in a header matches ``code`` in config.
-    """
-    messages = body.get("messages")
-    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    text = _text_of(last_user.get("content")) if last_user else ""
-
-    tags: set[str] = set()
-    metadata = body.get("metadata")
-    raw = metadata.get("tags") if isinstance(metadata, dict) else None
-    if isinstance(raw, list):
-        tags.update(_norm_tag(t) for t in raw if isinstance(t, str))
-    if header_tags:
-        tags.update(_norm_tag(t) for t in header_tags.decode("utf-8", "replace").split(","))
-    tags.discard("")
-
-    multimodal = any(
-        isinstance(p, dict) and p.get("type") not in _TEXT_PARTS
-        for m in messages
-        if isinstance(m.get("content"), list)
-        for p in m["content"]
-    )
-    effort = body.get("reasoning_effort")
-    thinking = body.get("thinking")
-    reasoning = (effort is not None and str(effort).lower() != "none") or (
-        thinking not in (None, False)
-        and not (isinstance(thinking, dict) and thinking.get("type") == "disabled")
-    )
-    tools = any(isinstance(body.get(k), list) and body[k] for k in ("tools", "functions"))
-    return RequestFacts(
-        last_user_text=text,
-        tags=frozenset(tags),
-        prompt_tokens=estimate_prompt_tokens(body),
-        multimodal=multimodal,
-        reasoning=bool(reasoning),
-        tools=tools,
-        stream=body.get("stream") is True,
-    )
-
-
-def holds(cond: Any, facts: RequestFacts) -> bool:
-    """Evaluate a validated condition tree; anything malformed is simply false."""
-    if not isinstance(cond, dict) or len(cond) != 1:
-        return False
-    ((key, value),) = cond.items()
-    if key == "all":
-        return isinstance(value, list) and all(holds(c, facts) for c in value)
-    if key == "any":
-        return isinstance(value, list) and any(holds(c, facts) for c in value)
-    if key == "tag":
-        return isinstance(value, str) and _norm_tag(value) in facts.tags
-    if key in _INT_CONDS and (not isinstance(value, int) or isinstance(value, bool)):
-        return False
-    if key == "prompt_tokens_above":
-        return facts.prompt_tokens > value
-    if key == "prompt_tokens_below":
-        return facts.prompt_tokens < value
-    if key in _BOOL_CONDS:
-        return getattr(facts, key) is value
-    return False
-
-
-def condition_errors(cond: Any, path: str) -> list[str]:
-    if not isinstance(cond, dict) or len(cond) != 1:
-        return [f"{path}: a condition is a mapping with exactly one key (use all/any to combine)"]
-    ((key, value),) = cond.items()
-    if key in ("all", "any"):
-        if not isinstance(value, list) or not value:
-            return [f"{path}.{key}: must be a non-empty list of conditions"]
-        return [e for i, c in enumerate(value) for e in condition_errors(c, f"{path}.{key}[{i}]")]
-    if key == "tag":
-        ok = isinstance(value, str) and value.strip()
-        return [] if ok else [f"{path}.tag: must be a non-empty string"]
-    if key in _INT_CONDS:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        return [] if ok else [f"{path}.{key}: must be a non-negative integer"]
-    if key in _BOOL_CONDS:
-        return [] if isinstance(value, bool) else [f"{path}.{key}: must be true or false"]
-    known = ", ".join(sorted({"all", "any", "tag", *_INT_CONDS, *_BOOL_CONDS}))
-    return [f"{path}: unknown condition {key!r} (known: {known})"]
 
 
 def bucket_index(rating: int, threshold: int, n_targets: int) -> int:
@@ -234,7 +114,7 @@ class GroupResolver:
                 return rule.target, f"rule {i + 1}: {' + '.join(what) or 'always'}"
         if group.strategy != "classifier" or not group.selector_model:
             return self._heuristic(group, facts)
-        return await self._classify(name, group, facts, classify)
+        return await self._classify(name, group, group.selector_model, facts, classify)
 
     def _rule_matches(self, name: str, index: int, rule: RuleConfig, facts: RequestFacts) -> bool:
         pattern = self._patterns.get((name, index))
@@ -249,7 +129,7 @@ class GroupResolver:
         return group.targets[0], "heuristic: default"
 
     async def _classify(
-        self, name: str, group: GroupConfig, facts: RequestFacts, classify: ClassifyFn
+        self, name: str, group: GroupConfig, selector: str, facts: RequestFacts, classify: ClassifyFn
     ) -> tuple[str, str]:
         threshold = group.complexity_threshold
         digest = hashlib.sha256(facts.last_user_text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -264,7 +144,7 @@ class GroupResolver:
         prompt = _classifier_prompt(group, facts.last_user_text)
         try:
             async with asyncio.timeout(group.classifier_timeout):
-                reply = await classify(group.selector_model, prompt)
+                reply = await classify(selector, prompt)
         except TimeoutError:
             return self._fallback(group, facts, "timeout")
         except Exception:  # CancelledError is a BaseException and propagates
@@ -305,6 +185,8 @@ def validate_groups(groups: dict[str, GroupConfig], known_models: set[str]) -> l
             if target not in known_models and target not in groups:
                 errors.append(f"{base}.targets[{i}]: unknown model or group {target!r}")
         for i, rule in enumerate(group.rules):
+            if not isinstance(rule, RuleConfig):
+                continue  # not a mapping or no target: the schema walk reported it
             path = f"{base}.rules[{i}]"
             if rule.target not in group.targets:
                 errors.append(f"{path}.target: {rule.target!r} is not one of the group's targets")

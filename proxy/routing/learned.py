@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llm_proxy.core.config import RoutingConfig
 from llm_proxy.routing.breaker import Breaker
@@ -82,8 +82,8 @@ class RoutingState:
         self.key_pools: dict[str, KeyPool] = {}
         self.counters: dict[str, int] = {}  # round-robin position per model
         # what each deployment and provider is, to tell on reload which ones did not change
-        self.definitions: dict[tuple[str, str], Any] = {}
-        self.providers: dict[str, Any] = {}
+        self.definitions: dict[tuple[str, str], object] = {}
+        self.providers: dict[str, object] = {}
 
     def deployment(self, target: Target) -> DeploymentState:
         key = (target.provider, target.model)

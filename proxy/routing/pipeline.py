@@ -29,11 +29,13 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.tokens import estimate_prompt_tokens
 from llm_proxy.routing.strategies import order
+from llm_proxy.runtime.snapshot import runtime_of
 
 if TYPE_CHECKING:
     from llm_proxy.core.context import RequestContext, Target
@@ -95,7 +97,7 @@ def retry_after(exc: ProxyError) -> float | None:
 
 async def run(ctx: RequestContext, attempt: Attempt[U]) -> U:
     """Send through ``attempt`` to the best candidate that answers; see the module docstring."""
-    runtime = ctx.runtime
+    runtime = runtime_of(ctx)
     settings = runtime.config.routing
     if not settings.enabled:  # routing off: the first deployment, as it is
         ctx.target = ctx.candidates[0]
@@ -104,12 +106,12 @@ async def run(ctx: RequestContext, attempt: Attempt[U]) -> U:
         try:
             return await _rounds(ctx, attempt)
         except _ContextTooLong as too_long:
-            fallback = runtime.context_fallbacks.get(ctx.model or "")
+            fallback = runtime.routes.context_fallbacks.get(ctx.model or "")
             if fallback is None or fallback == ctx.model:
                 raise too_long.error from None
             ctx.route.append(f"context fallback {ctx.model} -> {fallback}")
             ctx.model = fallback
-            ctx.candidates = runtime.targets(fallback)
+            ctx.candidates = runtime.routes.targets(fallback)
     raise ProxyError(500, "Too many context fallbacks.", type="server_error")
 
 
@@ -119,22 +121,22 @@ class _ContextTooLong(Exception):
 
 
 async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
-    runtime = ctx.runtime
+    runtime = runtime_of(ctx)
     settings = runtime.config.routing
-    state = runtime.routing
+    state = runtime.routes.learned
     candidates = ctx.candidates
     if len(candidates) > 1:
-        name = ctx.strategy or runtime.strategies.get(ctx.model or "") or settings.strategy
+        name = ctx.strategy or runtime.routes.strategies.get(ctx.model or "") or settings.strategy
         if name != "priority":  # deployments are kept in priority order already
             candidates = order(name, ctx, candidates, state)
-    record: list[dict[str, Any]] = []
+    record: list[JSONObject] = []
     failure: ProxyError | None = None
     failed = _Failed()
     tried: Target | None = None
     first = candidates[0]
     head = state.deployment(first)
     if (head.breaker.state == "closed" and first.rpm is None and first.tpm is None
-            and len(runtime.providers[first.provider].api_keys) < 2):
+            and len(runtime.upstreams.providers[first.provider].api_keys) < 2):
         # The common case, kept lean: a healthy first deployment with one key and no capacity.
         ctx.target = first
         ctx.key_index = 0
@@ -163,18 +165,18 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
             if not deployment.breaker.allow():
                 (deferred := deferred or []).append((target, deployment))
                 continue
-            result = await _try(ctx, attempt, target, deployment, failed, record)
-            if result is not failed:
-                return result  # type: ignore[return-value]
+            answer = await _try(ctx, attempt, target, deployment, failed, record)
+            if not isinstance(answer, _Failed):
+                return answer
         # Open breakers last, soonest to reopen first: never fail blind while one may work. One
         # opened by an authentication failure is not tried: the key will not have changed.
         for target, deployment in sorted(deferred or (), key=lambda item: item[1].breaker.retry_at):
             if deployment.breaker.auth_failed:
                 failed.ready_in = min(failed.ready_in, deployment.breaker.retry_at - state.clock())
                 continue
-            result = await _try(ctx, attempt, target, deployment, failed, record)
-            if result is not failed:
-                return result  # type: ignore[return-value]
+            answer = await _try(ctx, attempt, target, deployment, failed, record)
+            if not isinstance(answer, _Failed):
+                return answer
         if failed.error is None:  # nothing could be tried at all
             if failure is not None:
                 raise failure
@@ -206,11 +208,11 @@ class _Failed:
 
 
 async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
-               failed: _Failed, record: list[dict[str, Any]]) -> U | _Failed:
+               failed: _Failed, record: list[JSONObject]) -> U | _Failed:
     """One deployment: its answer, or ``failed`` updated (anything not worth failing over is raised)."""
-    runtime = ctx.runtime
-    state = runtime.routing
-    provider = runtime.providers[target.provider]
+    runtime = runtime_of(ctx)
+    state = runtime.routes.learned
+    provider = runtime.upstreams.providers[target.provider]
     pool = state.key_pool(provider.name, provider.api_keys) if len(provider.api_keys) > 1 else None
     if pool is not None:
         key_index = pool.pick()
@@ -246,14 +248,14 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deploym
 
 async def _on_failure(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
                       pool: KeyPool | None, exc: ProxyError, started: float, failed: _Failed,
-                      record: list[dict[str, Any]]) -> U | _Failed:
+                      record: list[JSONObject]) -> U | _Failed:
     """Classify a failed attempt: rest its key, tell its breaker, record it, and say what next."""
-    runtime = ctx.runtime
+    runtime = runtime_of(ctx)
     deployment.end(None, None)
     kind, outcome = classify(exc)
     wait = retry_after(exc)
     key_failed = pool is not None and kind in ("rate_limit", "auth")
-    if key_failed:  # this key's problem, not the deployment's: it rests, the next key goes now
+    if key_failed and pool is not None:  # this key's problem, not the deployment's: it rests, the next key goes now
         settings = runtime.config.routing
         pool.rest(ctx.key_index, settings.breaker.auth_cooldown if kind == "auth"
                   else wait if wait is not None else settings.key_cooldown)
@@ -283,7 +285,7 @@ def _requested_tokens(ctx: RequestContext) -> int:
     return estimate_prompt_tokens(body) + (limit if isinstance(limit, int) else 0)
 
 
-def _entry(target: Target, status: int, outcome: str, started: float, error: str | None) -> dict[str, Any]:
+def _entry(target: Target, status: int, outcome: str, started: float, error: str | None) -> JSONObject:
     return {"provider": target.provider, "model": target.model, "status": status, "outcome": outcome,
             "ms": round((time.perf_counter() - started) * 1000, 2), "error": error}
 

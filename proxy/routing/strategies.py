@@ -23,7 +23,8 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llm_proxy.routing.groups import facts_from, holds
+from llm_proxy.core.conditions import facts_from, holds
+from llm_proxy.runtime.snapshot import runtime_of
 
 if TYPE_CHECKING:
     from llm_proxy.core.context import RequestContext, Target
@@ -61,10 +62,10 @@ def _least_latency(ctx: RequestContext, targets: list[Target], state: RoutingSta
 
 
 def _lowest_cost(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
-    runtime = ctx.runtime
+    pricing = runtime_of(ctx).pricing
 
     def cost(t: Target) -> float:
-        info = runtime.catalog.pricing(t.model, runtime.providers[t.provider].catalog_id)
+        info = pricing.catalog.pricing(t.model, pricing.catalog_ids[t.provider])
         price = info.price if info is not None else None
         if price is None or price.input is None or price.output is None:
             return float("inf")
@@ -90,7 +91,7 @@ def _ab(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list
 
 
 def _conditional(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
-    rules = ctx.runtime.deployment_rules.get(ctx.model or "")
+    rules = runtime_of(ctx).routes.deployment_rules.get(ctx.model or "")
     if rules:
         facts = facts_from(ctx.body or {}, ctx.tags_header)
         for use, pattern, when in rules:

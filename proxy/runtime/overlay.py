@@ -4,8 +4,8 @@ discounts and model groups, kept in SQLite and laid over the file's Config.
 config.yaml stays the base; a row here wins over it for the one thing it sets, and
 deleting the row gives the file its say back. ``apply_overlay`` is pure and runs the
 result through the config file's own checks, so a group stored here is validated exactly
-like one written in the file. ``OverlaySource`` is what the runtime holder calls on every
-build: it reads the rows, decrypts stored provider keys and applies both.
+like one written in the file. ``OverlaySource`` is what the runtime holder reads before every
+build: the rows and the stored provider keys, decrypted; the builder applies both.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import sqlite_utils
@@ -29,16 +29,15 @@ from llm_proxy.core.config import (
     GroupConfig,
     PriceConfig,
     ProviderConfig,
-    _check_groups,
-    _check_references,
-    _convert,
+    check_values,
+    convert_section,
+    merge_errors,
 )
+from llm_proxy.providers import wire_format
+from llm_proxy.routing.validation import group_errors
 from llm_proxy.storage.sqlite import SqliteStore
 
-if TYPE_CHECKING:
-    from llm_proxy.runtime.snapshot import Runtime
-
-__all__ = ["ModelOverride", "Overlay", "OverlaySource", "OverlayStore", "apply_overlay", "serving"]
+__all__ = ["ModelOverride", "Overlay", "OverlaySource", "OverlayStore", "StoredOverlay", "apply_overlay", "serving"]
 
 logger = logging.getLogger("llm_proxy")
 
@@ -147,7 +146,7 @@ def apply_overlay(config: Config, overlay: Overlay, provider_keys: Mapping[str, 
     errors: list[str] = []
     groups = dict(config.groups)
     for name, spec in overlay.groups.items():
-        group = _convert(spec, GroupConfig, f"groups.{name}", errors)
+        group = convert_section(spec, GroupConfig, f"groups.{name}", errors)
         if isinstance(group, GroupConfig):
             groups[name] = group
     disabled = {m for m, o in overlay.models.items() if o.enabled is False and m not in groups}
@@ -155,7 +154,7 @@ def apply_overlay(config: Config, overlay: Overlay, provider_keys: Mapping[str, 
     for model, o in overlay.models.items():
         if o.price is None:
             continue
-        price = _convert(o.price, PriceConfig, f"models.{model}.price", errors)
+        price = convert_section(o.price, PriceConfig, f"models.{model}.price", errors)
         if not isinstance(price, PriceConfig):
             continue
         # a group is priced on every provider: pricing falls back to it when the model it chose has no price
@@ -167,9 +166,8 @@ def apply_overlay(config: Config, overlay: Overlay, provider_keys: Mapping[str, 
                  for name, p in config.providers.items()}
     merged = dataclasses.replace(config, providers=providers, groups=groups,
                                  models={m: s for m, s in config.models.items() if m not in disabled})
-    _check_references(merged, errors)
-    if merged.groups:
-        _check_groups(merged, errors)
+    check_values(merged, errors)
+    merge_errors(errors, group_errors(merged))
     if errors:
         raise ConfigError([_mark(e, overlay, disabled) for e in errors], "config + database")
     return merged
@@ -184,7 +182,7 @@ def _provider(name: str, p: ProviderConfig, overlay: Overlay, disabled: set[str]
         changes["api_keys"] = (*p.api_keys, *keys)
     if disabled & set(p.models):
         changes["models"] = tuple(m for m in p.models if m not in disabled)
-        if not changes["models"] and p.type == "ollama":  # an empty list would mean "discover them all"
+        if not changes["models"] and wire_format(p.type).discovery is not None:  # empty: "discover them all"
             changes["enabled"] = False
     if prices:  # database fields win one by one; the rest stay the file's (then the catalog's)
         merged = dict(p.prices)
@@ -208,30 +206,26 @@ def _mark(error: str, overlay: Overlay, disabled: set[str]) -> str:
     return error
 
 
-class OverlaySource:
-    """The runtime holder's overlay hook: file config in, config with the database's overlay out.
+@dataclass(frozen=True, slots=True)
+class StoredOverlay:
+    """What the database lays over the file: the admin API's rows and its provider keys, in clear."""
 
-    Called from a worker thread (it reads SQLite and decrypts); ``configure`` then hands the
-    new Runtime what the Config has no field for (discounts, why a provider is off)."""
+    overlay: Overlay
+    provider_keys: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+class OverlaySource:
+    """Reads what the runtime builder lays over the file config, before every build.
+
+    ``read`` blocks (it reads SQLite and decrypts): the holder calls it from a worker thread."""
 
     def __init__(self, db_path: str) -> None:
         self.overlays = OverlayStore(db_path)
         self.secrets = ProviderSecretStore(db_path)
-        self.last = Overlay()
         self._warned: set[str] = set()
 
-    def __call__(self, config: Config) -> Config:
-        overlay = self.overlays.load()
-        applied = apply_overlay(config, overlay, self._keys(config))
-        self.last = overlay
-        return applied
-
-    def configure(self, runtime: Runtime) -> None:
-        runtime.discounts = self.last.discounts()
-        for name, enabled in self.last.providers.items():
-            provider = runtime.providers.get(name)
-            if provider is not None and not enabled:
-                provider.disabled_reason = "disabled through the admin API"
+    def read(self, config: Config) -> StoredOverlay:
+        return StoredOverlay(self.overlays.load(), self._keys(config))
 
     def _keys(self, config: Config) -> dict[str, list[str]]:
         """Stored keys in clear, per configured provider; none (and one warning) without the encryption key."""

@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from types import NoneType
+from typing import Any, NamedTuple, get_args, get_type_hints
 
 import sqlite_utils
 
@@ -35,6 +36,7 @@ __all__ = [
     "LATENCY_EDGES",
     "LOG_COLUMNS",
     "SUM_COLUMNS",
+    "LogRow",
     "RequestLogWriter",
     "UsageRollup",
     "open_database",
@@ -43,36 +45,55 @@ __all__ = [
 
 logger = logging.getLogger("llm_proxy.store")
 
-# Column order is the order of the tuples handed to RequestLogWriter.submit().
-LOG_COLUMNS: dict[str, type] = {
-    "ts": float,
-    "request_id": str,
-    "endpoint": str,
-    "client_key_id": str,
-    "requested_model": str,
-    "resolved_model": str,
-    "provider": str,
-    "upstream_model": str,
-    "status": int,
-    "error_type": str,
-    "error_message": str,
-    "stream": int,
-    "prompt_tokens": int,
-    "completion_tokens": int,
-    "reasoning_tokens": int,
-    "cached_tokens": int,
-    "usage_estimated": int,
-    "cost_usd": float,
-    "latency_ms": float,
-    "ttft_ms": float,
-    "overhead_ms": float,
-    "upstream_request_id": str,
-    "finish_reason": str,
-    "route": str,
-    "attempts": str,
-    "group_name": str,
-    "tags": str,
-}
+
+class LogRow(NamedTuple):
+    """One request-log row: the one declaration of the columns, their order and their types.
+
+    A plain tuple to ``executemany`` (so no conversion per row), built by keyword so no caller
+    depends on the position of a field. ``open_database`` makes the table from these fields.
+    """
+
+    ts: float
+    request_id: str
+    endpoint: str
+    client_key_id: str | None
+    requested_model: str | None
+    resolved_model: str | None
+    provider: str | None
+    upstream_model: str | None
+    status: int
+    error_type: str | None
+    error_message: str | None
+    stream: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    reasoning_tokens: int | None
+    cached_tokens: int | None
+    usage_estimated: int
+    cost_usd: float | None
+    latency_ms: float
+    ttft_ms: float | None
+    overhead_ms: float | None
+    upstream_request_id: str | None
+    finish_reason: str | None
+    route: str | None
+    attempts: str | None
+    group_name: str | None
+    tags: str | None
+
+
+def _column_type(hint: object) -> type:
+    """The column's Python type (sqlite_utils makes it INTEGER, REAL or TEXT): the hint without None."""
+    kinds = [k for k in get_args(hint) if k is not NoneType] or [hint]
+    for kind in (int, float, str):
+        if kinds == [kind]:
+            return kind
+    raise TypeError(f"request log column of unsupported type {hint!r}")
+
+
+_HINTS = get_type_hints(LogRow)
+# Column name -> type, in LogRow's order: the table, the INSERT and the log listing's SELECT.
+LOG_COLUMNS: dict[str, type] = {name: _column_type(_HINTS[name]) for name in LogRow._fields}
 
 _INSERT = (
     f"INSERT INTO request_logs ({', '.join(LOG_COLUMNS)}) "
@@ -128,7 +149,7 @@ _EMPTY_HISTOGRAM = (0,) * len(HISTOGRAM_COLUMNS)
 _SERIES_KEY = ("level", "endpoint", "provider", "model", "group_name", "client_key_id")
 _SOURCE = ("ts", "endpoint", "provider", "resolved_model", "group_name", "client_key_id", "status",
            "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost_usd", "latency_ms")
-_FROM_LOG_TUPLE = itemgetter(*(list(LOG_COLUMNS).index(c) for c in _SOURCE))
+_FROM_LOG_TUPLE = itemgetter(*(LogRow._fields.index(c) for c in _SOURCE))
 _FROM_ID_ROW = itemgetter(*range(1, len(_SOURCE) + 1))  # rows of "SELECT id, <_SOURCE>"
 
 _ROLLUP_SCHEMA = (
@@ -313,7 +334,7 @@ class RequestLogWriter:
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self._rows: deque[tuple[Any, ...]] = deque()
+        self._rows: deque[LogRow] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dropped_since_warning = 0
@@ -339,7 +360,7 @@ class RequestLogWriter:
     def queued(self) -> int:
         return len(self._rows)
 
-    def submit(self, row: tuple[Any, ...]) -> bool:
+    def submit(self, row: LogRow) -> bool:
         if len(self._rows) < self.queue_size:
             self._rows.append(row)
             return True
@@ -401,7 +422,7 @@ class RequestLogWriter:
             logger.info("usage rollup: added %d log row(s) written before it", self._caught_up)
             self._caught_up = 0
 
-    def _write(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
+    def _write(self, conn: sqlite3.Connection, batch: list[LogRow]) -> None:
         assert self._rollup is not None
         for attempt in range(3):
             try:

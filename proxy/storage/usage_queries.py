@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.storage.request_log import (
     DAY,
     HISTOGRAM_COLUMNS,
@@ -115,7 +116,7 @@ def percentile(histogram: Sequence[int], q: float) -> float | None:
             if i == 0:
                 return high * fraction
             low = LATENCY_EDGES[i - 1]
-            return low * (high / low) ** fraction
+            return low * float((high / low) ** fraction)  # float ** float is typed Any
         seen += count
     return None  # unreachable: the loop always reaches the rank
 
@@ -123,7 +124,7 @@ def percentile(histogram: Sequence[int], q: float) -> float | None:
 _NOTHING = (0,) * (len(SUM_COLUMNS) + len(HISTOGRAM_COLUMNS))
 
 
-def _metrics(values: Sequence[Any] | None) -> dict[str, Any]:
+def _metrics(values: Sequence[Any] | None) -> JSONObject:
     """The answer's shape for one set of sums: the same for a summary, a point and a breakdown row."""
     values = values or _NOTHING
     requests, errors, prompt, completion, reasoning, cached, cost, latency = values[:len(SUM_COLUMNS)]
@@ -164,8 +165,9 @@ def _level(filters: Filters, by: str | None = None) -> int:
     return 2 if "client" in dims else 1 if dims else 0
 
 
-def _series_where(filters: Filters, level: int) -> tuple[str, list[Any]]:
-    clauses, args = ["s.level = ?"], [level]
+def _series_where(filters: Filters, level: int) -> tuple[str, list[object]]:
+    clauses = ["s.level = ?"]
+    args: list[object] = [level]
     for dim, value in filters.dimensions().items():
         clauses.append(f"{_SERIES_DIMS[dim]} = ?")
         args.append(value)
@@ -204,13 +206,13 @@ def _collect(conn: sqlite3.Connection, filters: Filters, since: int, until: int,
     return merged
 
 
-def summary(conn: sqlite3.Connection, filters: Filters, *, now: float) -> dict[str, Any]:
+def summary(conn: sqlite3.Connection, filters: Filters, *, now: float) -> JSONObject:
     since, until = hour_range(filters, now)
     return {"since": since, "until": until, **_metrics(_collect(conn, filters, since, until).get(0))}
 
 
 def timeseries(conn: sqlite3.Connection, filters: Filters, bucket: Literal["hour", "day"], *, now: float
-               ) -> dict[str, Any]:
+               ) -> JSONObject:
     """One point per hour or UTC day, empty ones included, so a chart needs no gap filling."""
     since, until = hour_range(filters, now)
     step = HOUR if bucket == "hour" else DAY
@@ -223,7 +225,7 @@ def timeseries(conn: sqlite3.Connection, filters: Filters, bucket: Literal["hour
 
 
 def breakdown(conn: sqlite3.Connection, filters: Filters, by: str, *, now: float, limit: int = 100
-              ) -> dict[str, Any]:
+              ) -> JSONObject:
     """Usage per provider, model, group, client or endpoint, most requests first."""
     since, until = hour_range(filters, now)
     ranked = sorted(_collect(conn, filters, since, until, by=by).items(), key=lambda kv: (-kv[1][0], kv[0]))
@@ -256,7 +258,7 @@ def _windows(conn: sqlite3.Connection, filters: Filters, errors_only: bool, belo
     return [(lo, hi) for lo, hi in reversed(merged)]
 
 
-def _log_row(row: Sequence[Any]) -> dict[str, Any]:
+def _log_row(row: Sequence[Any]) -> JSONObject:
     out = dict(zip(("id", *LOG_COLUMNS), row, strict=True))
     for name in _JSON_COLUMNS:
         if out[name]:
@@ -268,12 +270,13 @@ def _log_row(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def list_logs(conn: sqlite3.Connection, filters: Filters, *, status: tuple[int, int] | None = None,
-              request_id: str | None = None, cursor: int | None = None, limit: int = 50) -> dict[str, Any]:
+              request_id: str | None = None, cursor: int | None = None, limit: int = 50) -> JSONObject:
     """A page of log rows, newest (highest id) first; ``status`` is a [low, high) range of codes.
 
     ``next_cursor`` continues after the page's last row, so pages never shift as rows arrive.
     """
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     if filters.since is not None:
         where.append("ts >= ?")
         args.append(filters.since)
@@ -345,21 +348,22 @@ class UsageStore:
                 return
         conn.close()
 
-    def summary(self, filters: Filters, *, now: float) -> dict[str, Any]:
+    def summary(self, filters: Filters, *, now: float) -> JSONObject:
         with self._reading() as conn:
             return summary(conn, filters, now=now)
 
-    def timeseries(self, filters: Filters, bucket: Literal["hour", "day"], *, now: float) -> dict[str, Any]:
+    def timeseries(self, filters: Filters, bucket: Literal["hour", "day"], *, now: float) -> JSONObject:
         with self._reading() as conn:
             return timeseries(conn, filters, bucket, now=now)
 
-    def breakdown(self, filters: Filters, by: str, *, now: float, limit: int = 100) -> dict[str, Any]:
+    def breakdown(self, filters: Filters, by: str, *, now: float, limit: int = 100) -> JSONObject:
         with self._reading() as conn:
             return breakdown(conn, filters, by, now=now, limit=limit)
 
-    def logs(self, filters: Filters, **options: Any) -> dict[str, Any]:
+    def logs(self, filters: Filters, *, status: tuple[int, int] | None = None, request_id: str | None = None,
+             cursor: int | None = None, limit: int = 50) -> JSONObject:
         with self._reading() as conn:
-            return list_logs(conn, filters, **options)
+            return list_logs(conn, filters, status=status, request_id=request_id, cursor=cursor, limit=limit)
 
     def close(self) -> None:
         with self._lock:

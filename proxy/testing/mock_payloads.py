@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from llm_proxy.core.jsontypes import JSONArray, JSONObject
+
 __all__ = [
     "REASONING_PIECES",
     "TOOL_ARGUMENTS",
@@ -86,7 +88,7 @@ class Options:
         return self.body is not None or (self.status is not None and self.status >= 400)
 
 
-def _message_text(message: Any) -> str:
+def _message_text(message: object) -> str:
     """A message's text: string content, or the ``text`` parts of list content joined by spaces."""
     content = message.get("content") if isinstance(message, dict) else None
     if isinstance(content, str):
@@ -97,7 +99,7 @@ def _message_text(message: Any) -> str:
     return ""
 
 
-def prompt_tokens(messages: list[Any]) -> int:
+def prompt_tokens(messages: JSONArray) -> int:
     """3 per message plus its whitespace-separated words: crude, but easy to predict in a test."""
     return sum(3 + len(_message_text(m).split()) for m in messages)
 
@@ -107,7 +109,7 @@ def content_pieces(n: int) -> list[str]:
     return [_CONTENT_WORDS[i] if i < len(_CONTENT_WORDS) else f" more{i}" for i in range(n)]
 
 
-def parse_options(body: Any, defaults: Options) -> Options:
+def parse_options(body: object, defaults: Options) -> Options:
     """Overlay the ``#mock`` lines of the last user message on ``defaults``.
 
     Raises ValueError for a body without messages, or an unknown key or bad value in a
@@ -117,7 +119,7 @@ def parse_options(body: Any, defaults: Options) -> Options:
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list (mock).")
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {}  # field name -> value, checked above: replace() takes them as keywords
     for line in _message_text(users[-1]).splitlines() if users else []:
         words = line.split()
         if not words or words[0] != "#mock":
@@ -168,7 +170,7 @@ def models_body(models: list[str]) -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
-def _frame(obj: dict[str, Any]) -> bytes:
+def _frame(obj: JSONObject) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
@@ -190,7 +192,7 @@ class Reply:
     def finish_reason(self) -> str:
         return "tool_calls" if self.tool_name else "stop"
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self) -> JSONObject:
         main = len(_TOOL_ARGUMENT_FRAGMENTS) if self.tool_name else len(self.content)
         completion = main + len(self.reasoning)
         return {
@@ -202,7 +204,7 @@ class Reply:
         }
 
     def completion_body(self) -> bytes:
-        message: dict[str, Any] = {
+        message: JSONObject = {
             "role": "assistant",
             "content": None if self.tool_name else "".join(self.content),
         }
@@ -243,7 +245,7 @@ class Reply:
             )
         return [*frames, _DONE_FRAME]
 
-    def _envelope(self, obj: str) -> dict[str, Any]:
+    def _envelope(self, obj: str) -> JSONObject:
         return {
             "id": self.completion_id,
             "object": obj,
@@ -252,15 +254,15 @@ class Reply:
             "system_fingerprint": _FINGERPRINT,
         }
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def _chunk(self, delta: JSONObject, finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        chunk: dict[str, Any] = {**self._envelope("chat.completion.chunk"), "choices": [choice]}
+        chunk: JSONObject = {**self._envelope("chat.completion.chunk"), "choices": [choice]}
         if self.include_usage:
             chunk["usage"] = None
         return _frame(chunk)
 
 
-def build_reply(payload: dict[str, Any], number: int, options: Options) -> Reply:
+def build_reply(payload: JSONObject, number: int, options: Options) -> Reply:
     """Decide the completion for a request body (already checked to carry a message list)."""
     tool_name: str | None = None
     tools = payload.get("tools")

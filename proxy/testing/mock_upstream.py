@@ -53,11 +53,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
+from llm_proxy.core.jsontypes import JSONValue
 from llm_proxy.testing.mock_payloads import (
     Options,
     Receive,
@@ -96,7 +97,7 @@ class RecordedRequest:
     path: str
     query: str
     headers: dict[str, str]
-    body: Any
+    body: JSONValue
 
 
 class _Call:
@@ -262,7 +263,6 @@ class MockUpstream:
             raise
         self.port = sock.getsockname()[1]
         self._stopping, self._error = False, None
-        logging_options: dict[str, Any] = {"log_level": "info"} if foreground else {"log_config": None}
         config = uvicorn.Config(
             self.app,
             host=self.host,
@@ -274,7 +274,8 @@ class MockUpstream:
             access_log=foreground,
             timeout_graceful_shutdown=1,
             backlog=2048,
-            **logging_options,
+            log_level="info" if foreground else None,
+            log_config=LOGGING_CONFIG if foreground else None,
         )
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -348,7 +349,7 @@ class MockUpstream:
         finally:
             self.in_flight -= 1
 
-    async def _chat(self, body: Any, number: int, receive: Receive, send: Send, rid: bytes) -> None:
+    async def _chat(self, body: JSONValue, number: int, receive: Receive, send: Send, rid: bytes) -> None:
         defaults = Options(
             chunks=self.chunks, latency_ms=self.latency_ms, chunk_ms=self.chunk_ms, cached=self.cached_tokens
         )

@@ -2,8 +2,8 @@
 
 Chat completions, Anthropic Messages and Responses all end up here with ``ctx.body`` in
 OpenAI chat shape. Before-plugins run, the body is forwarded as the client's own bytes to
-an OpenAI-compatible provider (re-serialised only if something changed it) or built by the
-provider's translator, and the upstream answer comes back open (streams) or read.
+a provider whose format passes chat through (re-serialised only if something changed it) or
+built by the provider's wire format, and the upstream answer comes back open (streams) or read.
 Upstream failures are raised as ``ProxyError`` in OpenAI shape, before any byte is sent.
 """
 
@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import httpx
 import orjson
+from starlette.types import Send
 
 from llm_proxy.core import metrics
-from llm_proxy.core.context import RequestContext
+from llm_proxy.core.context import RequestContext, Target
 from llm_proxy.core.errors import ProxyError
-from llm_proxy.providers.openai import CHAT_PATH, native_error, parse_chat_response, upstream_error
+from llm_proxy.providers.openai import CHAT_PATH
 from llm_proxy.routing import pipeline
-from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.runtime.provider import ProviderRuntime
+from llm_proxy.runtime.snapshot import runtime_of
 from llm_proxy.upstream.exchange import open_upstream, transport_error
 
 __all__ = ["Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
@@ -35,7 +36,6 @@ _MAX_ERROR_BODY = 64 * 1024
 @dataclass(slots=True)
 class Upstream:
     provider: ProviderRuntime
-    native: ModuleType | None  # the translator; None for an OpenAI-compatible provider
     response: httpx.Response
     deadline: float | None
     data: bytes  # the body, when it was read (non-streaming)
@@ -43,9 +43,10 @@ class Upstream:
     chunks: AsyncIterator[bytes] | None = None  # the rest of the stream
 
 
-async def with_plugins(ctx: RequestContext, handler: Any, send: Any) -> None:
+async def with_plugins(ctx: RequestContext, handler: Callable[[RequestContext, Send], Awaitable[None]],
+                       send: Send) -> None:
     """Run a surface's handler between the after and error plugin stages."""
-    plugins = ctx.runtime.plugins
+    plugins = runtime_of(ctx).plugins
     try:
         await handler(ctx, send)
     except Exception as exc:
@@ -57,8 +58,9 @@ async def with_plugins(ctx: RequestContext, handler: Any, send: Any) -> None:
 
 
 async def run_before(ctx: RequestContext) -> None:
-    if ctx.runtime.plugins.has_before:
-        await ctx.runtime.plugins.run_before(ctx)
+    plugins = runtime_of(ctx).plugins
+    if plugins.has_before:
+        await plugins.run_before(ctx)
 
 
 def forward_body(ctx: RequestContext) -> bytes:
@@ -78,22 +80,24 @@ async def send_chat(ctx: RequestContext) -> Upstream:
     return await pipeline.run(ctx, lambda target: _send_to(ctx, target))
 
 
-async def _send_to(ctx: RequestContext, target: Any) -> Upstream:
-    runtime = ctx.runtime
-    provider = runtime.providers[target.provider]
-    native = provider.translator
-    if native is None:
+async def _send_to(ctx: RequestContext, target: Target) -> Upstream:
+    runtime = runtime_of(ctx)
+    provider = runtime.upstreams.providers[target.provider]
+    wire = provider.wire
+    if wire.chat_passthrough:
         path, body, extra = CHAT_PATH, forward_body(ctx), None
     else:
-        if runtime.image_fetcher is not None and provider.config.type in ("gemini", "ollama"):
-            await runtime.image_fetcher.inline_images(ctx.body)  # these need image bytes inline
-        limits = runtime.catalog.limits(target.model, provider.catalog_id)
-        call = native.build_request(
+        assert ctx.body is not None
+        fetcher = runtime.upstreams.image_fetcher
+        if wire.needs_inline_images and fetcher is not None:
+            await fetcher.inline_images(ctx.body)
+        limits = runtime.pricing.catalog.limits(target.model, provider.catalog_id)
+        call = wire.build_chat(
             ctx.body, target.model, api_key=provider.api_key(ctx.key_index), stream=ctx.stream,
             max_output_tokens=limits[1] if limits else None,
         )
         path, body, extra = call.path, call.body, call.headers
-    return await _send(ctx, provider, native, native, path, body, extra)
+    return await _send(ctx, provider, path, body, extra)
 
 
 async def send_native(
@@ -102,17 +106,11 @@ async def send_native(
     """Send a body already in the provider's own format (a pass-through surface).
 
     Before-plugins are not run: they edit chat-shaped bodies (see README)."""
-    return await _send(ctx, provider, None, provider.translator, path, body, headers)
+    return await _send(ctx, provider, path, body, headers)
 
 
 async def _send(
-    ctx: RequestContext,
-    provider: ProviderRuntime,
-    native: ModuleType | None,
-    errors: ModuleType | None,
-    path: str,
-    body: bytes,
-    extra: dict[str, str] | None,
+    ctx: RequestContext, provider: ProviderRuntime, path: str, body: bytes, extra: dict[str, str] | None
 ) -> Upstream:
     total = provider.config.timeouts.total
     first, chunks = b"", None
@@ -143,8 +141,7 @@ async def _send(
         raise ProxyError(502, message, type="upstream_error", code="upstream_error") from None
     if status >= 400:
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
-        error = (upstream_error(provider.name, status, data, response.headers) if errors is None
-                 else native_error(errors, status, data, response.headers))
+        error = provider.wire.upstream_error(provider.name, status, data, response.headers)
         provider.record_error(f"HTTP {status}: {error.message[:200]}")
         metrics.UPSTREAM_ERRORS.labels(provider.name, f"http_{status // 100}xx").inc()
         raise error
@@ -152,8 +149,8 @@ async def _send(
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
         provider.record_ok()
     if ctx.stream:
-        return Upstream(provider, native, response, deadline, data, first, chunks)
-    return Upstream(provider, native, response, deadline, data)
+        return Upstream(provider, response, deadline, data, first, chunks)
+    return Upstream(provider, response, deadline, data)
 
 
 class _EmptyStream(Exception):
@@ -170,17 +167,7 @@ async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
 async def complete_chat(ctx: RequestContext) -> dict[str, Any]:
     """A non-streaming chat completion as a dict, whatever the provider's format."""
     up = await send_chat(ctx)
-    if up.native is None:
-        try:
-            result = orjson.loads(up.data)
-        except orjson.JSONDecodeError:
-            result = None
-        if not isinstance(result, dict):
-            raise ProxyError(502, f"Provider '{up.provider.name}' sent a chat completion that is not a JSON object.",
-                             type="upstream_error", code="bad_upstream_response")
-        ctx.usage, ctx.finish_reason, _ = parse_chat_response(result)
-        return result
-    translated = up.native.parse_response(up.data, ctx.target.model if ctx.target else "")
+    translated = up.provider.wire.parse_chat(up.data, ctx.target.model if ctx.target else "")
     ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
     return translated.response
 

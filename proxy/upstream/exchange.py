@@ -9,7 +9,7 @@ import httpx
 from llm_proxy.core import metrics
 from llm_proxy.core.context import RequestContext
 from llm_proxy.core.errors import ProxyError
-from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.runtime.provider import ProviderRuntime
 
 __all__ = ["open_upstream", "transport_error"]
 

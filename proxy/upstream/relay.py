@@ -26,14 +26,14 @@ from llm_proxy.core import metrics
 from llm_proxy.core.context import RequestContext, Usage
 from llm_proxy.core.sse import SSEDecoder, encode_event
 from llm_proxy.core.tokens import estimate_prompt_tokens
-from llm_proxy.providers.openai import ChatStreamMeter, usage_from
-from llm_proxy.runtime.snapshot import ProviderRuntime
+from llm_proxy.core.wire import StreamDecoder
+from llm_proxy.providers.openai import ChatStreamMeter
+from llm_proxy.runtime.provider import ProviderRuntime
+from llm_proxy.upstream.dispatch import Upstream
 from llm_proxy.upstream.exchange import transport_error
 
 __all__ = [
     "ChunkRelay",
-    "JsonEventDecoder",
-    "OpenAIChunkDecoder",
     "OpenAIChunkEncoder",
     "ObservedRelay",
     "PassthroughRelay",
@@ -116,57 +116,6 @@ class PassthroughRelay:
             out.append(b"data: " + data + b"\n\n" if b"\n" not in data else encode_event(data))
 
 
-class JsonEventDecoder:
-    """SSE events whose ``data`` is a JSON object, read once each; subclasses say what an
-    object means (``_take``) and keep ``usage``, ``finish_reason`` and ``error``."""
-
-    def __init__(self) -> None:
-        self._sse = SSEDecoder()
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: dict[str, Any] | None = None
-
-    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
-        return self._decode(self._sse.feed(chunk))
-
-    def finish(self) -> list[dict[str, Any]]:
-        return self._decode(self._sse.flush())
-
-    def _decode(self, events: list[Any]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for event in events:
-            if event.data == b"[DONE]" or self.error is not None:
-                continue
-            try:
-                obj = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                taken = self._take(obj)
-                if taken is not None:
-                    out.append(taken)
-        return out
-
-    def _take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-
-class OpenAIChunkDecoder(JsonEventDecoder):
-    """OpenAI-compatible SSE → chunk dicts, for clients that speak another format."""
-
-    def _take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        if obj.get("error") is not None:
-            err = obj["error"]
-            self.error = err if isinstance(err, dict) else {"message": str(err), "type": "api_error"}
-            return None
-        if obj.get("usage"):
-            self.usage = usage_from(obj["usage"])
-        for choice in obj.get("choices") or ():
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        return obj
-
-
 class OpenAIChunkEncoder:
     """Chunk dicts → OpenAI SSE, for a native upstream serving an OpenAI chat client."""
 
@@ -203,7 +152,7 @@ class SurfaceEncoder:
 class _DecodedRelay:
     """Relay state read from a decoder, and output counted for time to first token."""
 
-    def __init__(self, ctx: RequestContext, decoder: Any) -> None:
+    def __init__(self, ctx: RequestContext, decoder: StreamDecoder) -> None:
         self._ctx = ctx
         self._decoder = decoder
         self.output_events = 0
@@ -226,7 +175,7 @@ class _DecodedRelay:
 class ChunkRelay(_DecodedRelay):
     """Upstream bytes → (decoder) OpenAI chunk dicts → (encoder) the client's events."""
 
-    def __init__(self, ctx: RequestContext, decoder: Any, encoder: Any) -> None:
+    def __init__(self, ctx: RequestContext, decoder: StreamDecoder, encoder: Any) -> None:
         super().__init__(ctx, decoder)
         self._encoder = encoder
         self._error_sent = False
@@ -259,7 +208,7 @@ class ObservedRelay(_DecodedRelay):
     """The upstream already speaks the client's format (Anthropic → /v1/messages, OpenAI →
     /v1/responses): its bytes go through untouched, and a decoder reads them for metering."""
 
-    def __init__(self, ctx: RequestContext, decoder: Any, failure: Any) -> None:
+    def __init__(self, ctx: RequestContext, decoder: StreamDecoder, failure: Any) -> None:
         super().__init__(ctx, decoder)
         self._failure = failure
 
@@ -281,21 +230,21 @@ def _has_output(delta: dict[str, Any]) -> bool:
     return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
 
 
-async def relay_surface(ctx: RequestContext, up: Any, send: Send, stream: Any, on_error: Any) -> None:
+async def relay_surface(ctx: RequestContext, up: Upstream, send: Send, stream: Any, on_error: Any) -> None:
     """Stream a chat answer to a client surface (Anthropic Messages, Responses): its opening
     events, then every upstream chunk decoded to chat and re-encoded by ``stream``."""
     await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
     await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
-    model = ctx.target.model if ctx.target is not None else ""
-    decoder = OpenAIChunkDecoder() if up.native is None else up.native.StreamDecoder(model)
+    decoder = up.provider.wire.stream_decoder(ctx.target.model if ctx.target is not None else "")
     relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, on_error))
     await relay_stream(ctx, up, send, relay)
 
 
-async def relay_stream(ctx: RequestContext, up: Any, send: Send, relay: Relay) -> None:
-    """Relay an open upstream stream (``dispatch.Upstream``: its first chunk already read)."""
+async def relay_stream(ctx: RequestContext, up: Upstream, send: Send, relay: Relay) -> None:
+    """Relay an open upstream stream (its first chunk already read)."""
     provider: ProviderRuntime = up.provider
     response: httpx.Response = up.response
+    assert up.chunks is not None
     failure: str | None = None
     try:
         async with asyncio.timeout_at(up.deadline):
