@@ -148,7 +148,7 @@ def create_app(config: str | Path | Config | None = None, *, source: str | Path 
     app so upstream clients and the log writer start and stop with it (see README).
     """
     if isinstance(config, Config):
-        file_config = config
+        file_config = check_config(config=config)
     else:
         path = Path(config) if config is not None else default_config_path()
         file_config = check_config(path)

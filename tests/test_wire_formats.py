@@ -6,18 +6,22 @@ import typing
 
 import pytest
 
-from llm_proxy.core.config import ProviderConfig
+from llm_proxy.core.config import ConfigError, ProviderConfig
 from llm_proxy.core.wire import Passthrough, WireFormat
 from llm_proxy.providers import FORMATS, wire_format
+from llm_proxy.routing.validation import parse_config
 
 
 def _config(**kw: typing.Any) -> ProviderConfig:
     return ProviderConfig(base_url="http://127.0.0.1:1", **kw)
 
 
-def test_registry_covers_every_provider_type() -> None:
-    types = set(typing.get_args(typing.get_type_hints(ProviderConfig)["type"]))
-    assert set(FORMATS) == types
+def test_registry_is_the_list_of_provider_types() -> None:
+    assert set(FORMATS) == {"openai", "anthropic", "gemini", "ollama"}
+    for name in FORMATS:  # every registered format is a valid provider type, nothing else is
+        parse_config({"providers": {"p": {"type": name, "base_url": "http://127.0.0.1:1"}}}, {})
+    with pytest.raises(ConfigError, match="providers.p.type: expected one of openai, anthropic, gemini, ollama"):
+        parse_config({"providers": {"p": {"type": "bedrock", "base_url": "http://127.0.0.1:1"}}}, {})
     for name, fmt in FORMATS.items():
         assert isinstance(fmt, WireFormat) and fmt.name == name and wire_format(name) is fmt
 

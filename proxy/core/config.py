@@ -128,7 +128,7 @@ class PriceConfig:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     base_url: str
-    type: Literal["openai", "anthropic", "gemini", "ollama"] = "openai"
+    type: str = "openai"  # a wire format in llm_proxy.providers.FORMATS (checked by routing.validation)
     api_key: str = ""
     api_keys: tuple[str, ...] = ()  # several keys: rotated per request, each cooled down on 401/403/429
     api_key_required: bool = True

@@ -1,7 +1,9 @@
 """Whole-config validation: the core's checks plus those that need the plugins and the group engine.
 
 ``llm_proxy.core.config`` checks what the core can see (schema, values, conditions, aliases).
-The plugin specs are checked against the plugin registry and the groups by the group engine;
+Provider types are checked against the wire-format registry (so a new format is one registry
+line, not a config change), the plugin specs against the plugin registry and the groups by the
+group engine;
 :func:`validate_config` runs both, and :func:`load_config` / :func:`parse_config` are the core
 loaders with it passed in, so one run still lists every problem of a file at once.
 """
@@ -14,9 +16,19 @@ from collections.abc import Mapping
 from llm_proxy.core import config as core
 from llm_proxy.core.config import Config, GroupConfig, ProviderConfig
 from llm_proxy.plugins import validate_specs
+from llm_proxy.providers import FORMATS
 from llm_proxy.routing.groups import validate_groups
 
-__all__ = ["group_errors", "load_config", "parse_config", "plugin_errors", "validate_config"]
+__all__ = ["group_errors", "load_config", "parse_config", "plugin_errors", "type_errors", "validate_config"]
+
+
+def type_errors(config: Config) -> list[str]:
+    """Each provider's ``type`` names a registered wire format."""
+    return [
+        f"providers.{name}.type: expected one of {', '.join(FORMATS)}, got {provider.type!r}"
+        for name, provider in config.providers.items()
+        if isinstance(provider, ProviderConfig) and provider.type not in FORMATS
+    ]
 
 
 def plugin_errors(config: Config) -> list[str]:
@@ -41,7 +53,7 @@ def group_errors(config: Config) -> list[str]:
 
 def validate_config(config: Config) -> list[str]:
     """What the core cannot check about ``config``: every problem, each as ``path: message``."""
-    return [*plugin_errors(config), *group_errors(config)]
+    return [*type_errors(config), *plugin_errors(config), *group_errors(config)]
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:

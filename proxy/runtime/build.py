@@ -17,7 +17,7 @@ from llm_proxy.core.config import Config, ConfigError
 from llm_proxy.core.parts import KeyLookup
 from llm_proxy.plugins import PluginChain
 from llm_proxy.routing.learned import RoutingState
-from llm_proxy.routing.validation import load_config, plugin_errors
+from llm_proxy.routing.validation import load_config, validate_config
 from llm_proxy.runtime.overlay import StoredOverlay, apply_overlay
 from llm_proxy.runtime.pricing import build_pricing
 from llm_proxy.runtime.provider import build_provider, fingerprint
@@ -33,10 +33,14 @@ logger = logging.getLogger("llm_proxy")
 
 
 def check_config(path: str | Path | None = None, config: Config | None = None) -> Config:
-    """Load (unless given) and fully validate a config, plugins included; ConfigError lists every problem."""
+    """Load (unless given) and fully validate a config; ConfigError lists every problem at once.
+
+    This is where a config is validated, once, as it comes in: a file (the CLI, ``create_app``,
+    a reload) or a Config object given to ``create_app``. What the admin API stores is checked
+    when it is laid over (``apply_overlay``), so ``build_runtime`` validates nothing again."""
     if config is None:
-        return load_config(path)  # every check, plugins included
-    errors = plugin_errors(config)
+        return load_config(path)  # every check: schema, types, plugins, groups
+    errors = validate_config(config)
     if errors:
         raise ConfigError(errors, str(path or "config"))
     return config
@@ -44,11 +48,11 @@ def check_config(path: str | Path | None = None, config: Config | None = None) -
 
 def build_runtime(config: Config, stored: StoredOverlay | None = None, services: Services | None = None) -> Runtime:
     """The snapshot for the file's ``config`` with ``stored`` (the admin API's rows) laid over it;
-    ConfigError if the result is invalid. ``services`` lends what outlives the snapshot."""
+    ConfigError if the overlay does not fit. ``config`` has passed ``check_config``;
+    ``services`` lends what outlives the snapshot."""
     services = services if services is not None else Services()
     learned = services.learned
     effective = apply_overlay(config, stored.overlay, stored.provider_keys) if stored is not None else config
-    check_config(config=effective)
     switched_off = {n for n, on in stored.overlay.providers.items() if not on} if stored is not None else set()
     providers = {
         name: build_provider(name, cfg, effective.missing_env, learned.health(name, fingerprint(cfg)),

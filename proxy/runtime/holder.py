@@ -106,6 +106,8 @@ class RuntimeHolder:
         async with self._lock:
             if config is None:
                 config = self.file_config if self.source is None else await asyncio.to_thread(check_config, self.source)
+            else:  # a Config from the caller comes in here: validated once, like a file
+                config = check_config(config=config)
             return await self._swap(config)
 
     async def refresh(self) -> Runtime:
