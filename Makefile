@@ -20,6 +20,7 @@ check-config: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tools/typecheck.py
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

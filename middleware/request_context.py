@@ -12,9 +12,8 @@ import logging
 import os
 import re
 import time
-from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy.core import metrics
 from llm_proxy.core.chain import RequestEnd
@@ -65,7 +64,7 @@ class RequestContextMiddleware:
         state[SCOPE_KEY] = ctx
         response_started = False
 
-        async def send_with_id(message: dict[str, Any]) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True

@@ -10,9 +10,8 @@ nothing after a disconnect, so waiting on ``receive`` is the only way to know.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy.core.context import get_context
 
@@ -30,8 +29,8 @@ class StreamWrapMiddleware:
         if ctx is None or not ctx.stream:
             await self.app(scope, receive, send)
             return
-        if ctx.surface is not None and ctx.surface.stream_usage:  # others get usage from their translation
-            body = ctx.body
+        body = ctx.body  # set whenever ``stream`` is (both come from the parsed body)
+        if body is not None and ctx.surface is not None and ctx.surface.stream_usage:  # others: by translation
             options = body.get("stream_options")
             ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not ctx.client_wants_usage:
@@ -52,7 +51,7 @@ class StreamWrapMiddleware:
                 ctx.disconnected = True
                 task.cancel()
 
-        async def send_stream(message: dict[str, Any]) -> None:
+        async def send_stream(message: Message) -> None:
             nonlocal watcher
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *_STREAM_HEADERS]

@@ -61,7 +61,9 @@ def _folder(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build the tree, run mypy on the package (extra arguments go to mypy), report per folder."""
+    """Build the tree, run mypy on the package (extra arguments go to mypy), report per folder.
+
+    Non-zero when mypy found an error or could not run (``make test`` stops on it)."""
     args = sys.argv[1:] if argv is None else argv
     tree = build_tree()
     tools = Path(__file__).resolve().parent
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nerrors by folder:")
         for folder, count in sorted(per_folder.items()):
             print(f"  {count:5d}  {folder}")
-    return result.returncode
+    return result.returncode or (1 if per_folder else 0)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -88,7 +88,7 @@ def _filters(params: dict[str, str], now: float) -> Filters:
     return Filters(since=since, until=until, **{d: params[d] for d in _DIMENSIONS if params.get(d)})
 
 
-async def _answer(fn: Any, *args: Any, **kwargs: Any) -> Response:
+async def _answer(fn: Callable[..., object], *args: object, **kwargs: object) -> Response:
     try:
         return json_response(await in_thread(fn, *args, **kwargs))
     except QueryError as exc:  # a request the query refuses, e.g. too many points

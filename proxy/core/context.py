@@ -9,17 +9,27 @@ feeds one.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
+from starlette.types import Scope
+
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.parts import Snapshot
 from llm_proxy.core.records import ClientIdentity, Target, Usage
 from llm_proxy.core.surfaces import Surface
 
-__all__ = ["SCOPE_KEY", "ClientIdentity", "RequestContext", "Target", "Usage", "get_context"]
+__all__ = ["SCOPE_KEY", "ClientIdentity", "Deployment", "RequestContext", "Target", "Usage", "get_context"]
 
 SCOPE_KEY = "llm_proxy"
+
+
+class Deployment(Protocol):
+    """The serving deployment's live state as the context holds it (routing's ``DeploymentState``)."""
+
+    def finish(self, ctx: RequestContext) -> None:
+        """Settle its in-flight count and latency; called once, when the request ends."""
+        ...
 
 
 @dataclass(slots=True)
@@ -36,7 +46,7 @@ class RequestContext:
 
     # the request body, parsed once; ``body_dirty`` means it must be re-serialised before forwarding
     raw_body: bytes = b""
-    body: dict[str, Any] | None = None
+    body: JSONObject | None = None
     body_dirty: bool = False
     stream: bool = False
     client_wants_usage: bool = False
@@ -51,7 +61,7 @@ class RequestContext:
     strategy: str | None = None  # the named group's deployment strategy, if it sets one
     tags_header: bytes | None = None  # x-llm-proxy-tags, for rules that test tags
     key_index: int = 0  # which of the provider's keys this attempt uses
-    deployment: Any = None  # the serving deployment's state: settled when the request ends
+    deployment: Deployment | None = None  # the serving deployment's state: settled when the request ends
 
     # outcome
     status: int = 0
@@ -72,7 +82,7 @@ class RequestContext:
     overhead_ms: float | None = None
 
     # free-form annotations for plugins and later layers
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: JSONObject = field(default_factory=dict)
 
     @property
     def ttft_ms(self) -> float | None:
@@ -91,7 +101,7 @@ class RequestContext:
         self.error_message = message
 
 
-def get_context(scope: Mapping[str, Any]) -> RequestContext | None:
+def get_context(scope: Scope) -> RequestContext | None:
     """The request's context, or None (lifespan scopes, paths outside the gateway's chain)."""
     state = scope.get("state")
     ctx: RequestContext | None = state.get(SCOPE_KEY) if state is not None else None

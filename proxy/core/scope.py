@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from starlette.types import Scope
 
 __all__ = ["header", "route_path"]
 
-def route_path(scope: dict[str, Any]) -> str:
+
+def route_path(scope: Scope) -> str:
     """The path inside this app, with any mount prefix (``root_path``) removed."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
@@ -15,8 +16,10 @@ def route_path(scope: dict[str, Any]) -> str:
     return path
 
 
-def header(scope: dict[str, Any], name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case bytes), or None when absent."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
         if key == name:
             return value
     return None

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import base64
 import struct
-from typing import Any
 
 from llm_proxy.core.errors import bad_request
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.wire import bad_upstream
 
 __all__ = ["dimensions", "embed_texts", "embedding_list", "encode_vector", "encoding_format", "estimate_tokens",
            "vectors"]
 
 
-def embed_texts(body: dict[str, Any], format_name: str) -> list[str]:
+def embed_texts(body: JSONObject, format_name: str) -> list[str]:
     """The ``input`` as a list of strings; token-array input only works with OpenAI-compatible servers."""
     value = body.get("input")
     if isinstance(value, str):
@@ -36,7 +36,7 @@ def embed_texts(body: dict[str, Any], format_name: str) -> list[str]:
     return texts
 
 
-def encoding_format(body: dict[str, Any]) -> str:
+def encoding_format(body: JSONObject) -> str:
     fmt = body.get("encoding_format")
     if fmt is None:
         return "float"
@@ -45,7 +45,7 @@ def encoding_format(body: dict[str, Any]) -> str:
     return str(fmt)
 
 
-def dimensions(body: dict[str, Any]) -> int | None:
+def dimensions(body: JSONObject) -> int | None:
     dims = body.get("dimensions")
     if dims is None:
         return None
@@ -64,7 +64,7 @@ def estimate_tokens(texts: list[str]) -> int:
     return sum(max(1, (len(t) + 3) // 4) for t in texts)
 
 
-def embedding_list(vectors: list[list[float]], model: str, fmt: str, prompt_tokens: int) -> dict[str, Any]:
+def embedding_list(vectors: list[list[float]], model: str, fmt: str, prompt_tokens: int) -> JSONObject:
     return {
         "object": "list",
         "data": [
@@ -76,7 +76,7 @@ def embedding_list(vectors: list[list[float]], model: str, fmt: str, prompt_toke
     }
 
 
-def vectors(raw: Any, expected: int, provider: str) -> list[list[float]]:
+def vectors(raw: JSONValue, expected: int, provider: str) -> list[list[float]]:
     """``raw`` when it is ``expected`` numeric vectors; else the upstream answered nonsense."""
     if not isinstance(raw, list) or len(raw) != expected or not all(
         isinstance(v, list) and all(isinstance(x, int | float) for x in v) for v in raw

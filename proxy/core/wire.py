@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+from typing import TYPE_CHECKING, ClassVar, TypeVar, overload
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.sse import SSEDecoder, SSEEvent
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "f
 # Headers from an upstream error that a client needs to back off correctly.
 KEEP_HEADERS = ("retry-after", "retry-after-ms")
 
-Chunk = dict[str, Any]  # one OpenAI ``chat.completion.chunk`` (or a relay's stand-in for one)
+Chunk = JSONObject  # one OpenAI ``chat.completion.chunk`` (or a relay's stand-in for one)
 _T = TypeVar("_T")
 
 
@@ -74,7 +75,7 @@ class UpstreamCall:
 
 @dataclass(slots=True)
 class Translated:
-    response: dict[str, Any]
+    response: JSONObject
     usage: Usage | None
     finish_reason: str | None
 
@@ -88,10 +89,10 @@ class UpstreamError:
 
 
 @overload
-def loads_or_none(data: object) -> dict[str, Any] | None: ...
+def loads_or_none(data: object) -> JSONObject | None: ...
 @overload
 def loads_or_none(data: object, expect: type[_T]) -> _T | None: ...
-def loads_or_none(data: object, expect: type[Any] = dict) -> Any:
+def loads_or_none(data: object, expect: type[object] = dict) -> object:
     """``data`` parsed as JSON when it is of the ``expect``-ed type, else None (bad JSON too).
 
     Already-parsed data (not bytes or text) is checked as it is."""
@@ -108,7 +109,7 @@ def bad_upstream(source: str, what: str) -> ProxyError:
     return ProxyError(502, f"{source} returned {what}.", type="upstream_error", code="bad_upstream_response")
 
 
-def rename_params(body: dict[str, Any], table: dict[str, str], out: dict[str, Any]) -> None:
+def rename_params(body: JSONObject, table: dict[str, str], out: JSONObject) -> None:
     """Copy OpenAI parameters present in ``body`` to ``out`` under their native names.
 
     ``table`` maps an OpenAI name to a dotted native path (``"top_p": "generationConfig.topP"``).
@@ -135,7 +136,7 @@ class StreamDecoder:
         self.model = model
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
-        self.error: dict[str, Any] | None = None
+        self.error: JSONObject | None = None
         self._sse = SSEDecoder()
 
     def feed(self, chunk: bytes) -> list[Chunk]:
@@ -165,7 +166,7 @@ class JsonEventDecoder(StreamDecoder):
                     out.append(taken)
         return out
 
-    def _take(self, obj: dict[str, Any]) -> Chunk | None:
+    def _take(self, obj: JSONObject) -> Chunk | None:
         raise NotImplementedError
 
 
@@ -178,7 +179,7 @@ class Passthrough:
 
 @dataclass(slots=True)
 class Embedded:
-    response: dict[str, Any]  # OpenAI's embeddings list
+    response: JSONObject  # OpenAI's embeddings list
     usage: Usage
     estimated: bool  # the upstream reported no token count
 
@@ -187,7 +188,7 @@ class EmbeddingsCodec:
     """``/v1/embeddings`` translated: the OpenAI body (with its ``input`` as texts) → the
     native call, and the native answer → OpenAI's list in the asked ``encoding_format``."""
 
-    def build(self, body: dict[str, Any], model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
+    def build(self, body: JSONObject, model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
         raise NotImplementedError
 
     def parse(self, data: bytes, model: str, texts: list[str], encoding: str, provider: str) -> Embedded:
@@ -201,10 +202,10 @@ class ImagesCodec:
         """Why ``model`` cannot generate images here (``"with a non-Imagen model"``), or None."""
         return None
 
-    def build(self, body: dict[str, Any], model: str, *, api_key: str) -> UpstreamCall:
+    def build(self, body: JSONObject, model: str, *, api_key: str) -> UpstreamCall:
         raise NotImplementedError
 
-    def parse(self, data: bytes, response_format: str | None, provider: str) -> dict[str, Any]:
+    def parse(self, data: bytes, response_format: str | None, provider: str) -> JSONObject:
         """The OpenAI answer: ``{"created", "data": [...]}``."""
         raise NotImplementedError
 
@@ -245,11 +246,11 @@ class WireFormat:
         """The headers that carry ``api_key`` where this API wants it."""
         return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
                    max_output_tokens: int | None) -> UpstreamCall:
         raise NotImplementedError
 
-    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
         raise NotImplementedError
 
     def stream_decoder(self, model: str) -> StreamDecoder:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_proxy.core.context import SCOPE_KEY, RequestContext
 from llm_proxy.core.errors import send_json
@@ -59,7 +59,7 @@ def _final(aliases: Mapping[str, str], name: str) -> str:
     return name
 
 
-def health(holder: RuntimeHolder):
+def health(holder: RuntimeHolder) -> ASGIApp:
     """``/health``: liveness and readiness in one answer; 503 when no provider is usable."""
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:

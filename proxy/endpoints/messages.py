@@ -9,13 +9,13 @@ so a Claude-Code-style client works against OpenAI, Gemini, DeepSeek or Ollama m
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy.core.context import SCOPE_KEY, RequestContext
 from llm_proxy.core.errors import send_json
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.scope import header
 from llm_proxy.core.wire import StreamDecoder
 from llm_proxy.endpoints.translated import ErrorEvent, serve
@@ -79,17 +79,17 @@ class _Messages:
     def native_observer(self, up: Upstream, model: str) -> tuple[StreamDecoder, ErrorEvent]:
         return up.provider.wire.stream_decoder(model), _error_event
 
-    def to_chat(self, body: dict[str, Any]) -> dict[str, Any]:
+    def to_chat(self, body: JSONObject) -> JSONObject:
         return inbound.to_chat(body)
 
-    def from_chat(self, completion: dict[str, Any]) -> dict[str, Any]:
+    def from_chat(self, completion: JSONObject) -> JSONObject:
         return inbound.from_chat(completion, self._model)
 
     def chat_stream(self) -> tuple[EventStream, ErrorEvent]:
         return EventStream(self._model, "msg_" + os.urandom(12).hex()), _error_event
 
 
-def _error_event(error: dict[str, Any]) -> bytes:
+def _error_event(error: JSONObject) -> bytes:
     kind = "overloaded_error" if error.get("code") in ("overloaded_error", "overloaded") else "api_error"
     body = {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "upstream error")}}
     return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"

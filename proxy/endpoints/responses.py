@@ -8,11 +8,10 @@ chat, served like a chat completion, and the answer or event stream translated b
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy.core.context import SCOPE_KEY, RequestContext, Usage
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.wire import Chunk, JsonEventDecoder, StreamDecoder, loads_or_none
 from llm_proxy.endpoints.translated import ErrorEvent, serve
 from llm_proxy.inbound import responses as inbound
@@ -23,7 +22,7 @@ from llm_proxy.upstream.dispatch import Upstream, with_plugins
 __all__ = ["ResponsesObserver", "responses", "usage_from_responses"]
 
 
-def usage_from_responses(u: Any) -> Usage | None:
+def usage_from_responses(u: JSONValue) -> Usage | None:
     if not isinstance(u, dict):
         return None
     cached = (u.get("input_tokens_details") or {}).get("cached_tokens") or 0
@@ -59,10 +58,10 @@ class _Responses:
         stream = EventStream(self._request, self._model)
         return ResponsesObserver(), lambda error: _failed(stream, error)
 
-    def to_chat(self, body: dict[str, Any]) -> dict[str, Any]:
+    def to_chat(self, body: JSONObject) -> JSONObject:
         return inbound.to_chat(body)
 
-    def from_chat(self, completion: dict[str, Any]) -> dict[str, Any]:
+    def from_chat(self, completion: JSONObject) -> JSONObject:
         return inbound.from_chat(completion, self._request)
 
     def chat_stream(self) -> tuple[EventStream, ErrorEvent]:
@@ -70,7 +69,7 @@ class _Responses:
         return stream, lambda error: _failed(stream, error)
 
 
-def _failed(stream: EventStream, error: dict[str, Any]) -> bytes:
+def _failed(stream: EventStream, error: JSONObject) -> bytes:
     return stream.error(str(error.get("message") or "upstream error"), str(error.get("code") or "server_error"))
 
 
@@ -78,7 +77,7 @@ class ResponsesObserver(JsonEventDecoder):
     """Reads a Responses event stream passing through: usage from the final response,
     and each delta counted as output (for time to first token)."""
 
-    def _take(self, obj: dict[str, Any]) -> Chunk | None:
+    def _take(self, obj: JSONObject) -> Chunk | None:
         kind = obj.get("type")
         if kind in ("response.output_text.delta", "response.reasoning_summary_text.delta",
                     "response.function_call_arguments.delta"):

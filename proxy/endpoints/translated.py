@@ -10,37 +10,25 @@ differs: its native path and headers, how a native answer is metered, and its tr
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Protocol
 
 import orjson
 from starlette.types import Send
 
 from llm_proxy.core.context import RequestContext, Target
 from llm_proxy.core.errors import send_json
-from llm_proxy.core.wire import Chunk, StreamDecoder
+from llm_proxy.core.jsontypes import JSONObject
+from llm_proxy.core.wire import StreamDecoder
 from llm_proxy.routing import pipeline
 from llm_proxy.runtime.provider import ProviderRuntime
 from llm_proxy.runtime.snapshot import runtime_of
 from llm_proxy.upstream.dispatch import Upstream, complete_chat, forward_body, send_chat, send_native
-from llm_proxy.upstream.relay import ObservedRelay, relay_stream, relay_surface
+from llm_proxy.upstream.relay import ErrorEvent, ObservedRelay, SurfaceStream, relay_stream, relay_surface
 
 __all__ = ["ErrorEvent", "SurfaceStream", "TranslatedSurface", "serve"]
 
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
-
-ErrorEvent = Callable[[dict[str, Any]], bytes]  # a mid-stream failure (OpenAI error dict) as the surface's event
-
-
-class SurfaceStream(Protocol):
-    """Chat chunks → the surface's own event stream."""
-
-    def start(self) -> bytes: ...
-
-    def feed(self, chunk: Chunk) -> bytes: ...
-
-    def finish(self, usage: Any = None) -> bytes: ...
-
 
 class TranslatedSurface(Protocol):
     """What one request on such a surface needs beyond the shared flow."""
@@ -55,9 +43,9 @@ class TranslatedSurface(Protocol):
 
     def native_observer(self, up: Upstream, model: str) -> tuple[StreamDecoder, ErrorEvent]: ...
 
-    def to_chat(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def to_chat(self, body: JSONObject) -> JSONObject: ...
 
-    def from_chat(self, completion: dict[str, Any]) -> dict[str, Any]: ...
+    def from_chat(self, completion: JSONObject) -> JSONObject: ...
 
     def chat_stream(self) -> tuple[SurfaceStream, ErrorEvent]: ...
 

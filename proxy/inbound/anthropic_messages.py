@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from typing import Any
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.wire import loads_or_none
 from llm_proxy.providers.anthropic import ERROR_TYPE_BY_STATUS
 from llm_proxy.providers.openai import usage_from
@@ -30,14 +30,14 @@ _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
          "function_call": "tool_use", "content_filter": "refusal"}
 _ERROR_TYPES = {**ERROR_TYPE_BY_STATUS, 500: "api_error", 503: "overloaded_error"}
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
-_EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high", "xhigh": "high"}
+_EFFORT: dict[str | None, str] = {"low": "low", "medium": "medium", "high": "high", "max": "high", "xhigh": "high"}
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
 _RAW_ARGS = "_raw_arguments"  # tool input key keeping arguments that were not a JSON object
 _NOT_TEXT = frozenset({"type", "id", "tool_use_id", "role", "signature", "cache_control", "media_type"})
 _IMAGE_TOKENS = 1600  # count_tokens: Anthropic's cost of a large image; bytes say nothing useful
 
 
-def to_chat(body: dict[str, Any], *, cache_control: bool = False) -> dict[str, Any]:
+def to_chat(body: JSONObject, *, cache_control: bool = False) -> JSONObject:
     """An Anthropic Messages request -> an OpenAI chat request; ``bad_request`` if impossible.
 
     ``cache_control=True`` keeps Anthropic cache breakpoints on text parts (only worth it when
@@ -53,13 +53,13 @@ def to_chat(body: dict[str, Any], *, cache_control: bool = False) -> dict[str, A
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("messages: must be a non-empty array", param="messages")
-    messages: list[dict[str, Any]] = []
+    messages: list[JSONObject] = []
     system = _system(body.get("system"), cache_control)
     if system:
         messages.append({"role": "system", "content": system})
     for i, msg in enumerate(raw):
         messages.extend(_message(msg, f"messages.{i}", cache_control))
-    out: dict[str, Any] = {"model": body.get("model"), "messages": messages, "max_tokens": max_tokens}
+    out: JSONObject = {"model": body.get("model"), "messages": messages, "max_tokens": max_tokens}
     for key in ("temperature", "top_p"):  # top_k has no chat equivalent: dropped
         if body.get(key) is not None:
             out[key] = body[key]
@@ -80,7 +80,7 @@ def to_chat(body: dict[str, Any], *, cache_control: bool = False) -> dict[str, A
     return out
 
 
-def _system(system: Any, keep_cache: bool) -> str | list[dict[str, Any]] | None:
+def _system(system: JSONValue, keep_cache: bool) -> str | list[JSONObject] | None:
     if system is None or isinstance(system, str):
         return system or None
     if not isinstance(system, list):
@@ -93,14 +93,14 @@ def _system(system: Any, keep_cache: bool) -> str | list[dict[str, Any]] | None:
     return _content(parts)
 
 
-def _text_part(block: dict[str, Any], keep_cache: bool) -> dict[str, Any]:
+def _text_part(block: JSONObject, keep_cache: bool) -> JSONObject:
     part = {"type": "text", "text": block.get("text") or ""}
     if keep_cache and block.get("cache_control"):
         part["cache_control"] = block["cache_control"]
     return part
 
 
-def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]] | None:
+def _content(parts: list[JSONObject]) -> str | list[JSONObject] | None:
     """Plain text joins into a string, the form every chat server accepts; else the parts."""
     parts = [p for p in parts if p["type"] != "text" or p["text"]]
     if all(p["type"] == "text" and len(p) == 2 for p in parts):
@@ -108,8 +108,8 @@ def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]] | None:
     return parts
 
 
-def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
-    src = block.get("source") if isinstance(block.get("source"), dict) else {}
+def _image(block: JSONObject, where: str) -> JSONObject:
+    src = source if isinstance(source := block.get("source"), dict) else {}
     if src.get("type") == "base64" and src.get("data"):
         url = f"data:{src.get('media_type') or 'image/png'};base64,{src['data']}"
     elif src.get("type") == "url" and src.get("url"):
@@ -119,8 +119,8 @@ def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _document(block: dict[str, Any], where: str) -> dict[str, Any]:
-    src = block.get("source") if isinstance(block.get("source"), dict) else {}
+def _document(block: JSONObject, where: str) -> JSONObject:
+    src = source if isinstance(source := block.get("source"), dict) else {}
     if src.get("type") == "text":
         return {"type": "text", "text": src.get("data") or ""}
     if src.get("type") == "base64" and src.get("data"):
@@ -129,7 +129,7 @@ def _document(block: dict[str, Any], where: str) -> dict[str, Any]:
     raise bad_request(f"{where}.source: only base64 and text document sources are supported", param=where)
 
 
-def _message(msg: Any, where: str, keep_cache: bool) -> list[dict[str, Any]]:
+def _message(msg: JSONValue, where: str, keep_cache: bool) -> list[JSONObject]:
     """One Anthropic turn -> chat messages: tool results become ``tool`` messages, first."""
     if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
         raise bad_request(f"{where}.role: must be 'user' or 'assistant'", param=f"{where}.role")
@@ -138,8 +138,8 @@ def _message(msg: Any, where: str, keep_cache: bool) -> list[dict[str, Any]]:
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
         raise bad_request(f"{where}.content: must be a string or an array of blocks", param=f"{where}.content")
-    parts: list[dict[str, Any]] = []
-    tools: list[dict[str, Any]] = []  # tool messages (user) or tool_calls (assistant)
+    parts: list[JSONObject] = []
+    tools: list[JSONObject] = []  # tool messages (user) or tool_calls (assistant)
     for j, block in enumerate(content):
         at = f"{where}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
@@ -165,17 +165,17 @@ def _message(msg: Any, where: str, keep_cache: bool) -> list[dict[str, Any]]:
     if role == "assistant":
         if body is None and not tools:
             return []  # e.g. only thinking blocks: nothing a chat model can be shown
-        out: dict[str, Any] = {"role": "assistant", "content": body}
+        out: JSONObject = {"role": "assistant", "content": body}
         if tools:
             out["tool_calls"] = tools
         return [out]
     return tools + ([{"role": "user", "content": body}] if body is not None else [])
 
 
-def _tool_result(block: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+def _tool_result(block: JSONObject, where: str) -> tuple[str, list[JSONObject]]:
     content = block.get("content")
     texts: list[str] = []
-    images: list[dict[str, Any]] = []
+    images: list[JSONObject] = []
     if isinstance(content, str):
         texts.append(content)
     elif isinstance(content, list):
@@ -198,18 +198,18 @@ def _tool_result(block: dict[str, Any], where: str) -> tuple[str, list[dict[str,
     return text, images
 
 
-def _tool(tool: Any, where: str) -> dict[str, Any]:
+def _tool(tool: JSONValue, where: str) -> JSONObject:
     if not isinstance(tool, dict) or not tool.get("name") or tool.get("type") not in (None, "custom"):
         kind = tool.get("type") if isinstance(tool, dict) else None
         raise bad_request(f"{where}: only custom tools with a name are supported (got type {kind!r})", param=where)
-    fn: dict[str, Any] = {"name": tool["name"]}
+    fn: JSONObject = {"name": tool["name"]}
     if tool.get("description"):
         fn["description"] = tool["description"]
     fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
     return {"type": "function", "function": fn}
 
 
-def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
+def _tool_choice(choice: JSONValue, out: JSONObject) -> None:
     if choice is None:
         return
     kind = choice.get("type") if isinstance(choice, dict) else None
@@ -223,7 +223,7 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
-def _effort(thinking: Any, output_config: Any) -> str | None:
+def _effort(thinking: JSONValue, output_config: JSONValue) -> str | None:
     """Extended thinking -> reasoning_effort: a budget maps to a level, adaptive uses its effort."""
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if kind == "enabled":
@@ -234,18 +234,18 @@ def _effort(thinking: Any, output_config: Any) -> str | None:
     return None
 
 
-def message_id(seed: Any = None) -> str:
+def message_id(seed: JSONValue = None) -> str:
     """``msg_`` + the upstream id's safe characters (stable for logs), else a random id."""
     tail = _UNSAFE_ID.sub("", str(seed or "").removeprefix("chatcmpl-"))
     return "msg_" + (tail or uuid.uuid4().hex)
 
 
-def _tool_id(raw: Any, fallback: str) -> str:
+def _tool_id(raw: JSONValue, fallback: str) -> str:
     """Anthropic tool ids match ``[A-Za-z0-9_-]+``; clients replay them, so keep them valid."""
     return _UNSAFE_ID.sub("_", str(raw)) if raw else fallback
 
 
-def _input(arguments: Any) -> dict[str, Any]:
+def _input(arguments: JSONValue) -> JSONObject:
     """Tool arguments -> ``input``. Not a JSON object: ``{"_raw_arguments": raw}``, so the
     client's schema check fails visibly (and the model sees what it sent) instead of a tool
     silently running with no arguments."""
@@ -257,7 +257,7 @@ def _input(arguments: Any) -> dict[str, Any]:
     return parsed if parsed is not None else {_RAW_ARGS: str(arguments)}
 
 
-def _stop_reason(finish: Any, tool_calls: bool) -> str:
+def _stop_reason(finish: JSONValue, tool_calls: bool) -> str:
     if tool_calls and finish in (None, "stop", "tool_calls", "function_call"):
         return "tool_use"  # some servers say "stop" after calling tools
     return _STOP.get(finish, "end_turn")
@@ -271,13 +271,13 @@ def _usage_json(u: Usage | None) -> dict[str, int]:
             "cache_read_input_tokens": u.cached_tokens}
 
 
-def from_chat(completion: dict[str, Any], model: str, usage: Usage | None = None) -> dict[str, Any]:
+def from_chat(completion: JSONObject, model: str, usage: Usage | None = None) -> JSONObject:
     """A ``chat.completion`` -> an Anthropic ``message``; ``usage`` (already parsed) wins if given."""
     choices = completion.get("choices") if isinstance(completion, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ProxyError(502, "The upstream returned a completion without choices", type="api_error")
     msg = choices[0].get("message") or {}
-    content: list[dict[str, Any]] = []
+    content: list[JSONObject] = []
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
@@ -299,7 +299,7 @@ def from_chat(completion: dict[str, Any], model: str, usage: Usage | None = None
     }
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
+def _sse(event: str, data: JSONObject) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
@@ -320,17 +320,17 @@ class EventStream:
         self.finish_reason: str | None = None  # the chat finish_reason
         self.stop_reason: str | None = None  # set by finish()
         self._index = -1  # index of the last block started
-        self._open: Any = None  # "thinking", "text", ("tool", block index) or None
-        self._tools: dict[int, tuple[Any, int]] = {}  # chat tool-call index -> (call id, block index)
+        self._open: str | tuple[str, int] | None = None  # "thinking", "text", ("tool", block index) or None
+        self._tools: dict[int, tuple[JSONValue, int]] = {}  # chat tool-call index -> (call id, block index)
         self._done = False
 
     def start(self) -> bytes:
-        message = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+        message: JSONObject = {"id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
                    "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}
         return _sse("message_start", {"type": "message_start", "message": message})
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: JSONObject) -> bytes:
         if self._done or not isinstance(chunk, dict):
             return b""
         if isinstance(chunk.get("usage"), dict):
@@ -355,18 +355,18 @@ class EventStream:
                 self.finish_reason = choice["finish_reason"]
         return b"".join(out)
 
-    def _tool_delta(self, call: dict[str, Any], out: list[bytes]) -> None:
+    def _tool_delta(self, call: JSONObject, out: list[bytes]) -> None:
         n, cid, fn = call.get("index", 0), call.get("id"), call.get("function") or {}
         known = self._tools.get(n)
         if known is None or (cid and cid != known[0]):  # a new id at a known index: a server without indexes
-            block = {"type": "tool_use", "id": _tool_id(cid, f"toolu_{self.message_id[4:]}_{len(self._tools)}"),
+            block: JSONObject = {"type": "tool_use", "id": _tool_id(cid, f"toolu_{self.message_id[4:]}_{len(self._tools)}"),
                      "name": fn.get("name") or "", "input": {}}
             self._switch(("tool", self._index + 1), block, out)
             known = self._tools[n] = (cid, self._index)
         if fn.get("arguments") and self._open == ("tool", known[1]):
             out.append(self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]}))
 
-    def _switch(self, kind: Any, block: dict[str, Any], out: list[bytes]) -> None:
+    def _switch(self, kind: str | tuple[str, int], block: JSONObject, out: list[bytes]) -> None:
         if self._open == kind:
             return
         self._close(out)
@@ -375,7 +375,7 @@ class EventStream:
         out.append(_sse("content_block_start",
                         {"type": "content_block_start", "index": self._index, "content_block": block}))
 
-    def _delta(self, delta: dict[str, Any]) -> bytes:
+    def _delta(self, delta: JSONObject) -> bytes:
         return _sse("content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta})
 
     def _close(self, out: list[bytes]) -> None:
@@ -416,14 +416,14 @@ def error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": error_type(status), "message": message}})
 
 
-def count_tokens(body: dict[str, Any]) -> int:
+def count_tokens(body: JSONObject) -> int:
     """An ESTIMATE of input tokens (~4 characters a token over system, messages and tools, plus a
     flat cost per image or binary document): no tokenizer matches every provider behind the gateway."""
     chars, media = _measure([body.get("system"), body.get("messages"), body.get("tools")])
     return max(1, -(-chars // 4) + media * _IMAGE_TOKENS)
 
 
-def _measure(node: Any) -> tuple[int, int]:
+def _measure(node: JSONValue) -> tuple[int, int]:
     """(characters of text, images and binary documents) under ``node``."""
     if isinstance(node, str):
         return len(node), 0

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import bad_request
+from llm_proxy.core.jsontypes import JSONArray, JSONObject, JSONValue
 from llm_proxy.providers.openai import usage_from
 
 __all__ = ["EventStream", "from_chat", "to_chat"]
@@ -35,7 +35,7 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def _sub(obj: dict[str, Any], key: str) -> dict[str, Any]:
+def _sub(obj: JSONObject, key: str) -> JSONObject:
     """A nested object field, or {} when absent or not an object (a 400 upstream, not a crash here)."""
     value = obj.get(key)
     return value if isinstance(value, dict) else {}
@@ -44,7 +44,7 @@ def _sub(obj: dict[str, Any], key: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- request: Responses -> chat
 
 
-def to_chat(body: dict[str, Any]) -> dict[str, Any]:
+def to_chat(body: JSONObject) -> JSONObject:
     """A Responses request -> a chat request; raises ``bad_request`` for what chat cannot express."""
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
@@ -56,7 +56,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
                           "keep; send the request without background", param="background")
     if body.get("prompt"):
         raise bad_request("prompt templates are stored by OpenAI and only available from OpenAI", param="prompt")
-    messages: list[dict[str, Any]] = []
+    messages: list[JSONObject] = []
     if body.get("instructions"):
         messages.append({"role": "system", "content": body["instructions"]})
     inp = body.get("input")
@@ -66,7 +66,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         _items(inp, messages)
     else:
         raise bad_request("input must be a string or a list of input items", param="input")
-    out: dict[str, Any] = {"model": body.get("model"), "messages": messages}
+    out: JSONObject = {"model": body.get("model"), "messages": messages}
     for key in ("temperature", "top_p", "parallel_tool_calls", "user"):
         if body.get(key) is not None:
             out[key] = body[key]
@@ -88,7 +88,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _items(items: list[Any], messages: list[dict[str, Any]]) -> None:
+def _items(items: JSONArray, messages: list[JSONObject]) -> None:
     """Input items -> chat messages; consecutive function calls join one assistant turn."""
     for item in items:
         if not isinstance(item, dict):
@@ -120,14 +120,14 @@ def _items(items: list[Any], messages: list[dict[str, Any]]) -> None:
             raise bad_request(f"input item type {kind} is only available from OpenAI", param="input")
 
 
-def _content(content: Any, role: str) -> Any:
+def _content(content: JSONValue, role: str) -> JSONValue:
     """Responses content parts -> chat content. Only user turns may keep images, so the others
     flatten to one string, which every provider translator accepts."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise bad_request("message content must be a string or a list of parts", param="input")
-    parts: list[dict[str, Any]] = []
+    parts: list[JSONObject] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text"):
@@ -138,7 +138,7 @@ def _content(content: Any, role: str) -> Any:
             if not part.get("image_url"):
                 raise bad_request("input_image by file_id needs OpenAI's file storage; send image_url "
                                   "(an https or data: URL) instead", param="input")
-            image: dict[str, Any] = {"url": part["image_url"]}
+            image: JSONObject = {"url": part["image_url"]}
             if part.get("detail"):
                 image["detail"] = part["detail"]
             parts.append({"type": "image_url", "image_url": image})
@@ -149,7 +149,7 @@ def _content(content: Any, role: str) -> Any:
     return "".join(p["text"] for p in parts)
 
 
-def _tool(tool: Any) -> dict[str, Any]:
+def _tool(tool: JSONValue) -> JSONObject:
     kind = tool.get("type") if isinstance(tool, dict) else None
     if kind != "function":
         raise bad_request(f"tool type {kind} is only available from OpenAI", param="tools")
@@ -157,7 +157,7 @@ def _tool(tool: Any) -> dict[str, Any]:
     return {"type": "function", "function": fn}
 
 
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: JSONValue) -> JSONValue:
     if isinstance(choice, str):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
@@ -166,7 +166,7 @@ def _tool_choice(choice: Any) -> Any:
     raise bad_request(f"tool_choice type {kind} is only available from OpenAI", param="tool_choice")
 
 
-def _response_format(fmt: Any) -> dict[str, Any] | None:
+def _response_format(fmt: JSONValue) -> JSONObject | None:
     if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
         return None
     if fmt["type"] == "json_object":
@@ -180,7 +180,7 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- response: chat -> Responses
 
 
-def _usage(u: Usage | None) -> dict[str, Any] | None:
+def _usage(u: Usage | None) -> JSONObject | None:
     if u is None:
         return None
     return {"input_tokens": u.prompt_tokens,
@@ -190,9 +190,9 @@ def _usage(u: Usage | None) -> dict[str, Any] | None:
             "total_tokens": u.total_tokens}
 
 
-def _response(request: dict[str, Any], *, rid: str, model: str, created: int, status: str,
-              output: list[dict[str, Any]], usage: Usage | None = None, finish: str | None = None,
-              error: dict[str, Any] | None = None) -> dict[str, Any]:
+def _response(request: JSONObject, *, rid: str, model: str, created: int, status: str,
+              output: list[JSONObject], usage: Usage | None = None, finish: str | None = None,
+              error: JSONObject | None = None) -> JSONObject:
     """The ``response`` object, echoing the request's settings as OpenAI does (the SDK requires them)."""
     reason = _INCOMPLETE.get(finish or "") if status == "incomplete" else None
     effort = _sub(request, "reasoning").get("effort")
@@ -220,24 +220,24 @@ def _status(finish: str | None) -> str:
     return "incomplete" if finish in _INCOMPLETE else "completed"
 
 
-def _text_part(text: str) -> dict[str, Any]:
+def _text_part(text: str) -> JSONObject:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _reasoning_of(message: dict[str, Any]) -> str:
+def _reasoning_of(message: JSONObject) -> str:
     """DeepSeek-style ``reasoning_content``; some OpenAI-compatible servers (Ollama) say ``reasoning``."""
     text = message.get("reasoning_content") or message.get("reasoning")
     return text if isinstance(text, str) else ""
 
 
-def from_chat(completion: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+def from_chat(completion: JSONObject, request: JSONObject) -> JSONObject:
     """A chat.completion -> a Responses ``response`` object for the original Responses ``request``."""
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     finish = choice.get("finish_reason")
     status = _status(finish)
-    output: list[dict[str, Any]] = []
+    output: list[JSONObject] = []
     if reasoning := _reasoning_of(message):
         output.append({"id": _id("rs"), "type": "reasoning", "status": "completed",
                        "summary": [{"type": "summary_text", "text": reasoning}]})
@@ -267,26 +267,26 @@ class EventStream:
     another; a late fragment for an already closed call still lands in the final response.
     """
 
-    def __init__(self, request: dict[str, Any], model: str) -> None:
+    def __init__(self, request: JSONObject, model: str) -> None:
         self._request, self._model = request, model
         self._rid, self._created, self._seq = _id("resp"), int(time.time()), 0
-        self._output: list[dict[str, Any]] = []
-        self._open: dict[str, Any] | None = None  # the item receiving deltas
-        self._calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> function_call item
+        self._output: list[JSONObject] = []
+        self._open: JSONObject | None = None  # the item receiving deltas
+        self._calls: dict[int, JSONObject] = {}  # chat tool-call index -> function_call item
         self._usage: Usage | None = None
         self._finish: str | None = None
         self._ended = False
 
-    def _event(self, type: str, **fields: Any) -> bytes:
+    def _event(self, type: str, **fields: JSONValue) -> bytes:
         data = {"type": type, "sequence_number": self._seq, **fields}
         self._seq += 1
         return b"event: " + type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    def _on(self, item: dict[str, Any], type: str, **fields: Any) -> bytes:
+    def _on(self, item: JSONObject, type: str, **fields: JSONValue) -> bytes:
         """An event about the open item, which is always the last one added."""
         return self._event(type, item_id=item["id"], output_index=len(self._output) - 1, **fields)
 
-    def _snapshot(self, status: str, usage: Usage | None = None, error: dict[str, Any] | None = None) -> dict:
+    def _snapshot(self, status: str, usage: Usage | None = None, error: JSONObject | None = None) -> JSONObject:
         return _response(self._request, rid=self._rid, model=self._model, created=self._created,
                          status=status, output=self._output, usage=usage, finish=self._finish, error=error)
 
@@ -294,7 +294,7 @@ class EventStream:
         return (self._event("response.created", response=self._snapshot("in_progress"))
                 + self._event("response.in_progress", response=self._snapshot("in_progress")))
 
-    def _add(self, item: dict[str, Any]) -> bytes:
+    def _add(self, item: JSONObject) -> bytes:
         out = self._close()
         item["status"] = "in_progress"
         self._output.append(item)
@@ -318,7 +318,7 @@ class EventStream:
         item["status"] = status
         return out + self._event("response.output_item.done", output_index=len(self._output) - 1, item=item)
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: JSONObject) -> bytes:
         """One chat chunk -> the events it causes (possibly none); usage is kept for ``finish``."""
         if self._ended or not isinstance(chunk, dict):
             return b""
@@ -355,7 +355,7 @@ class EventStream:
             self._finish = choice["finish_reason"]
         return out
 
-    def _tool_delta(self, tc: dict[str, Any]) -> bytes:
+    def _tool_delta(self, tc: JSONObject) -> bytes:
         index, fn, out = tc.get("index", len(self._calls)), tc.get("function") or {}, b""
         item = self._calls.get(index)
         if item is None:

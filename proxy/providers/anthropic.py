@@ -8,11 +8,11 @@ and streams are typed events with per-block deltas. Pure translation; the caller
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 
 from llm_proxy.core.context import Usage
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.sse import SSEEvent
 from llm_proxy.core.wire import (
     Chunk,
@@ -60,11 +60,11 @@ ERROR_TYPE_BY_STATUS = {
 }
 
 
-def _finish(stop_reason: Any) -> str | None:
+def _finish(stop_reason: JSONValue) -> str | None:
     return None if stop_reason is None else _FINISH.get(stop_reason, "stop")
 
 
-def _usage(u: Any) -> Usage:
+def _usage(u: JSONValue) -> Usage:
     """Anthropic's input_tokens excludes cache reads/writes; OpenAI's prompt_tokens includes them."""
     u = u if isinstance(u, dict) else {}
     read, write = int(u.get("cache_read_input_tokens") or 0), int(u.get("cache_creation_input_tokens") or 0)
@@ -72,27 +72,27 @@ def _usage(u: Any) -> Usage:
     return Usage(prompt, int(u.get("output_tokens") or 0), cached_tokens=read, cache_write_tokens=write)
 
 
-def _usage_json(u: Usage) -> dict[str, Any]:
+def _usage_json(u: Usage) -> JSONObject:
     return {
         "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     }
 
 
-def _openai_error(atype: Any, message: Any) -> dict[str, Any]:
+def _openai_error(atype: JSONValue, message: JSONValue) -> JSONObject:
     atype = str(atype or "api_error")
     etype = _ERROR_TYPES.get(atype, "api_error")
     return {"message": str(message or atype), "type": etype, "code": None if atype == etype else atype}
 
 
-def parse_response(data: Any, model: str) -> Translated:
+def parse_response(data: bytes | str | JSONObject, model: str) -> Translated:
     """An Anthropic ``message`` (bytes or parsed) -> an OpenAI ``chat.completion``."""
     obj = loads_or_none(data)
     if obj is None or obj.get("type") == "error" or not isinstance(obj.get("content"), list):
         raise bad_upstream("Anthropic", "a response that is not a message")
     texts: list[str] = []
     thinking: list[str] = []
-    calls: list[dict[str, Any]] = []
+    calls: list[JSONObject] = []
     for block in obj["content"]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
@@ -103,7 +103,7 @@ def parse_response(data: Any, model: str) -> Translated:
             args = orjson.dumps(block.get("input") or {}).decode()
             calls.append({"id": block.get("id"), "type": "function",
                           "function": {"name": block.get("name"), "arguments": args}})
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    message: JSONObject = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
         message["tool_calls"] = calls
     if thinking:
@@ -130,8 +130,8 @@ class StreamDecoder(_BaseDecoder):
         super().__init__(model)
         self.id = ""
         self.created = int(time.time())
-        self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool-call index
-        self._counts: dict[str, Any] = {}  # raw Anthropic usage, updated as events report it
+        self._tools: dict[int | None, int] = {}  # Anthropic block index -> OpenAI tool-call index
+        self._counts: JSONObject = {}  # raw Anthropic usage, updated as events report it
         self._done = False  # message_stop or error seen: later bytes are ignored
 
     def _events(self, events: list[SSEEvent]) -> list[Chunk]:
@@ -147,11 +147,11 @@ class StreamDecoder(_BaseDecoder):
             self._event(obj.get("type") or ev.event, obj, out)
         return out
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def _chunk(self, delta: JSONObject, finish: str | None = None) -> JSONObject:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-    def _event(self, kind: Any, obj: dict[str, Any], out: list[dict[str, Any]]) -> None:
+    def _event(self, kind: JSONValue, obj: JSONObject, out: list[JSONObject]) -> None:
         if kind == "content_block_delta":  # the hot path first
             delta, index = obj.get("delta") or {}, obj.get("index")
             dtype = delta.get("type")
@@ -195,13 +195,13 @@ class StreamDecoder(_BaseDecoder):
             if self.usage is not None:  # include_usage style: the relay drops it if not asked for
                 out.append(self._chunk({}) | {"choices": [], "usage": _usage_json(self.usage)})
         elif kind == "error":
-            err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+            err = found if isinstance(found := obj.get("error"), dict) else {}
             self.error = _openai_error(err.get("type"), err.get("message"))
             self._done = True
         # ping, content_block_stop and event types added later: nothing to emit
 
 
-def parse_error(status: int, data: Any) -> UpstreamError:
+def parse_error(status: int, data: bytes | str | JSONObject) -> UpstreamError:
     """Anthropic's ``{"type":"error","error":{"type","message"}}`` -> status and OpenAI error."""
     obj = loads_or_none(data)
     err = obj.get("error") if obj is not None else None
@@ -231,11 +231,11 @@ class AnthropicFormat(WireFormat):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return auth_headers(api_key)
 
-    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
                    max_output_tokens: int | None) -> UpstreamCall:
         return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
 
-    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
         return parse_response(data, model)
 
     def stream_decoder(self, model: str) -> StreamDecoder:

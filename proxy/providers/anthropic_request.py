@@ -7,11 +7,10 @@ than strings, ``max_tokens`` is required, and reasoning is a thinking budget.
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from llm_proxy.core.errors import bad_request
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.wire import UpstreamCall, rename_params
 
 __all__ = ["API_VERSION", "DEFAULT_MAX_TOKENS", "MESSAGES_PATH", "auth_headers", "build_request"]
@@ -26,13 +25,13 @@ _MIN_BUDGET = 1024
 
 
 def build_request(
-    body: dict[str, Any], model: str, *, api_key: str | None, stream: bool, max_output_tokens: int | None
+    body: JSONObject, model: str, *, api_key: str | None, stream: bool, max_output_tokens: int | None
 ) -> UpstreamCall:
     """An OpenAI chat request -> ``POST /v1/messages``; raises ``bad_request`` if untranslatable."""
     if (body.get("n") or 1) != 1:
         raise bad_request("Anthropic models return a single choice; n must be 1", param="n")
     system, messages = _messages(body.get("messages"))
-    out: dict[str, Any] = {"model": model}
+    out: JSONObject = {"model": model}
     explicit = body.get("max_completion_tokens") or body.get("max_tokens")
     if explicit is not None and (not isinstance(explicit, int) or isinstance(explicit, bool) or explicit < 1):
         raise bad_request("max_tokens must be a positive integer", param="max_tokens")
@@ -75,7 +74,7 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"x-api-key": api_key} if api_key else {}
 
 
-def _budget(effort: Any) -> int | None:
+def _budget(effort: JSONValue) -> int | None:
     if effort is None or effort == "none":
         return None
     if effort not in _BUDGETS:
@@ -83,12 +82,12 @@ def _budget(effort: Any) -> int | None:
     return _BUDGETS[effort]
 
 
-def _messages(raw: Any) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
+def _messages(raw: JSONValue) -> tuple[str | list[JSONObject] | None, list[JSONObject]]:
     """(system, messages): system hoisted, tool results as user blocks, same-role turns merged."""
     if not isinstance(raw, list) or not raw:
         raise bad_request("messages must be a non-empty array", param="messages")
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
+    system: list[JSONObject] = []
+    turns: list[JSONObject] = []
     for i, msg in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -131,21 +130,21 @@ def _messages(raw: Any) -> tuple[str | list[dict[str, Any]] | None, list[dict[st
     return "\n\n".join(b["text"] for b in system) or None, turns
 
 
-def _blocks(content: Any, where: str, *, images: bool = True) -> list[dict[str, Any]]:
+def _blocks(content: JSONValue, where: str, *, images: bool = True) -> list[JSONObject]:
     if content is None:
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
         raise bad_request("content must be a string or an array of parts", param=f"{where}.content")
-    out: list[dict[str, Any]] = []
+    out: list[JSONObject] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" or kind == "refusal":
             text = part.get(kind)
             if not text:
                 continue
-            block: dict[str, Any] = {"type": "text", "text": text}
+            block: JSONObject = {"type": "text", "text": text}
         elif kind == "image_url" and images:
             block = {"type": "image", "source": _image_source(part.get("image_url"), where)}
         else:
@@ -156,7 +155,7 @@ def _blocks(content: Any, where: str, *, images: bool = True) -> list[dict[str, 
     return out
 
 
-def _image_source(image: Any, where: str) -> dict[str, Any]:
+def _image_source(image: JSONValue, where: str) -> JSONObject:
     url = image.get("url") if isinstance(image, dict) else image
     if isinstance(url, str) and url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
@@ -167,7 +166,7 @@ def _image_source(image: Any, where: str) -> dict[str, Any]:
     raise bad_request("image_url must be an http(s) URL or a base64 data: URL", param=f"{where}.content")
 
 
-def _tool_use(call: Any, where: str) -> dict[str, Any]:
+def _tool_use(call: JSONValue, where: str) -> JSONObject:
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not fn.get("name") or not call.get("id"):
         raise bad_request("tool_calls need an id and a function name", param=f"{where}.tool_calls")
@@ -182,20 +181,20 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
     return {"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args}
 
 
-def _tool(tool: Any, i: int) -> dict[str, Any]:
+def _tool(tool: JSONValue, i: int) -> JSONObject:
     fn = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
     if not isinstance(fn, dict) or not fn.get("name"):
         raise bad_request("Only function tools with a name can be sent to Anthropic", param=f"tools[{i}]")
-    out: dict[str, Any] = {"name": fn["name"]}
+    out: JSONObject = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
     out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
     return out
 
 
-def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+def _tool_choice(choice: JSONValue, parallel: JSONValue) -> JSONObject | None:
     if choice is None:
-        out: dict[str, Any] | None = {"type": "auto"} if parallel is False else None
+        out: JSONObject | None = {"type": "auto"} if parallel is False else None
     elif choice in ("auto", "none"):
         out = {"type": choice}
     elif choice == "required":

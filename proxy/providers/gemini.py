@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -20,6 +19,7 @@ import orjson
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import bad_request
 from llm_proxy.core.json_stream import JsonArraySplitter
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.sse import SSEEvent
 from llm_proxy.core.wire import (
     Chunk,
@@ -64,11 +64,11 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
 _SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
-def build_request(body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+def build_request(body: JSONObject, model: str, *, api_key: str, stream: bool,
                   max_output_tokens: int | None = None) -> UpstreamCall:
     """OpenAI chat request → ``generateContent`` call. The key goes in a header only: URLs get logged."""
     messages = body.get("messages") or []
-    out: dict[str, Any] = {"contents": _contents(messages, model.removeprefix("models/").startswith("gemini-3"))}
+    out: JSONObject = {"contents": _contents(messages, model.removeprefix("models/").startswith("gemini-3"))}
     system = [{"text": t} for m in messages if m.get("role") in ("system", "developer") if (t := _text(m.get("content")))]
     if system:
         out["systemInstruction"] = {"parts": system}
@@ -103,14 +103,14 @@ def auth_headers(api_key: str) -> dict[str, str]:
     return {"x-goog-api-key": api_key}
 
 
-def _text(content: Any) -> str:
+def _text(content: JSONValue) -> str:
     if isinstance(content, list):
         return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
     return content or ""
 
 
-def _contents(messages: list[dict[str, Any]], gemini3: bool) -> list[dict[str, Any]]:
-    contents: list[dict[str, Any]] = []
+def _contents(messages: list[JSONObject], gemini3: bool) -> list[JSONObject]:
+    contents: list[JSONObject] = []
     names: dict[str, str] = {}  # tool_call_id → function name: Gemini matches results by name
     tool_turn = False
     for m in messages:
@@ -118,7 +118,7 @@ def _contents(messages: list[dict[str, Any]], gemini3: bool) -> list[dict[str, A
         if role == "user":
             contents.append({"role": "user", "parts": _user_parts(m.get("content"))})
         elif role == "assistant":
-            parts: list[dict[str, Any]] = [{"text": t} for t in [_text(m.get("content"))] if t]
+            parts: list[JSONObject] = [{"text": t} for t in [_text(m.get("content"))] if t]
             for i, call in enumerate(m.get("tool_calls") or []):
                 fn = call.get("function") or {}
                 names[call.get("id", "")] = fn.get("name", "")
@@ -150,10 +150,10 @@ def _contents(messages: list[dict[str, Any]], gemini3: bool) -> list[dict[str, A
     return contents
 
 
-def _user_parts(content: Any) -> list[dict[str, Any]]:
+def _user_parts(content: JSONValue) -> list[JSONObject]:
     if not isinstance(content, list):
         return [{"text": content or ""}]
-    parts: list[dict[str, Any]] = []
+    parts: list[JSONObject] = []
     for p in content:
         kind = p.get("type")
         if kind == "text":
@@ -176,7 +176,7 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
-def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
+def _declaration(tool: JSONObject) -> JSONObject:
     if tool.get("type") != "function":
         raise bad_request(f"tool type {tool.get('type')!r} is not supported for Gemini", param="tools")
     fn = tool.get("function") or {}
@@ -188,7 +188,7 @@ def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
     return decl
 
 
-def _tool_choice(choice: Any) -> dict[str, Any]:
+def _tool_choice(choice: JSONValue) -> JSONObject:
     if isinstance(choice, str) and choice in _TOOL_MODES:
         return {"mode": _TOOL_MODES[choice]}
     if not (name := (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None):
@@ -196,7 +196,7 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     return {"mode": "ANY", "allowedFunctionNames": [name]}
 
 
-def _usage(meta: Any) -> Usage | None:
+def _usage(meta: JSONValue) -> Usage | None:
     """Gemini counts thoughts apart from candidates; OpenAI folds reasoning into completion tokens.
     promptTokenCount already includes cachedContentTokenCount; tool-use prompt tokens are input too."""
     if not isinstance(meta, dict):
@@ -207,7 +207,7 @@ def _usage(meta: Any) -> Usage | None:
                  reasoning_tokens=thoughts, cached_tokens=meta.get("cachedContentTokenCount") or 0)
 
 
-def _usage_dict(u: Usage) -> dict[str, Any]:
+def _usage_dict(u: Usage) -> JSONObject:
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}}
@@ -219,10 +219,12 @@ def _finish(reason: str | None, tool_calls: bool) -> str:
     return "tool_calls" if mapped == "stop" and tool_calls else mapped
 
 
-def _parts(parts: Any, first_call: int, rid: str) -> tuple[str, str, list[dict[str, Any]]]:
+def _parts(parts: JSONValue, first_call: int, rid: str) -> tuple[str, str, list[JSONObject]]:
     """(content, reasoning, tool calls) of one candidate. A call without Gemini's own ``id`` gets
     ``call_<responseId>_<n>``: deterministic, and unique across the turns of a conversation."""
-    text, thought, calls = [], [], []
+    text: list[str] = []
+    thought: list[str] = []
+    calls: list[JSONObject] = []
     for part in parts or ():
         if fc := part.get("functionCall"):
             n = first_call + len(calls)
@@ -233,7 +235,7 @@ def _parts(parts: Any, first_call: int, rid: str) -> tuple[str, str, list[dict[s
     return "".join(text), "".join(thought), calls
 
 
-def parse_response(data: bytes | dict[str, Any], model: str) -> Translated:
+def parse_response(data: bytes | JSONObject, model: str) -> Translated:
     """A ``generateContent`` answer → an OpenAI ``chat.completion``; anything else is a bad upstream."""
     obj = loads_or_none(data)
     candidates = obj.get("candidates") if obj is not None else None
@@ -243,7 +245,7 @@ def parse_response(data: bytes | dict[str, Any], model: str) -> Translated:
     rid, usage, choices = obj.get("responseId") or uuid.uuid4().hex, _usage(obj.get("usageMetadata")), []
     for pos, cand in enumerate(candidates or ()):
         text, reasoning, calls = _parts((cand.get("content") or {}).get("parts"), 0, rid)
-        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        message: JSONObject = {"role": "assistant", "content": text or None}
         if reasoning:
             message["reasoning_content"] = reasoning
         if calls:
@@ -269,7 +271,7 @@ class StreamDecoder(_BaseDecoder):
         self._elements = JsonArraySplitter()
         self._id: str | None = None
         self._created = int(time.time())
-        self._choices: dict[int, list[Any]] = {}  # candidate index → [role sent, tool calls so far]
+        self._choices: dict[int, list[int]] = {}  # candidate index → [role sent (a bool), tool calls so far]
 
     def feed(self, chunk: bytes) -> list[Chunk]:
         if self._array is None:
@@ -290,11 +292,11 @@ class StreamDecoder(_BaseDecoder):
         return [c for ev in events if ev.data.strip() and ev.data != b"[DONE]"
                 for c in self._translate(loads_or_none(ev.data))]
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    def _chunk(self, choices: list[JSONObject], **extra: JSONValue) -> JSONObject:
         return {"id": self._id or f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
                 "created": self._created, "model": self.model, "choices": choices, **extra}
 
-    def _translate(self, obj: dict[str, Any] | None) -> list[Chunk]:
+    def _translate(self, obj: JSONObject | None) -> list[Chunk]:
         if obj is None:
             self.error = {"message": "Gemini sent a malformed stream event", "type": "api_error", "param": None,
                           "code": None}
@@ -317,7 +319,7 @@ class StreamDecoder(_BaseDecoder):
             idx = cand.get("index", pos)
             state = self._choices.setdefault(idx, [False, 0])
             text, reasoning, calls = _parts((cand.get("content") or {}).get("parts"), state[1], self._id[9:])
-            delta: dict[str, Any] = {} if state[0] else {"role": "assistant"}
+            delta: JSONObject = {} if state[0] else {"role": "assistant"}
             if reasoning:
                 delta["reasoning_content"] = reasoning
             if text:
@@ -336,7 +338,7 @@ class StreamDecoder(_BaseDecoder):
         return out
 
 
-def retry_delay(data: bytes | dict[str, Any]) -> float | None:
+def retry_delay(data: bytes | JSONObject) -> float | None:
     """Seconds from a ``google.rpc.RetryInfo`` detail (``"34.4s"``), for the relay's Retry-After header."""
     obj = _error_object(data)
     err = obj.get("error") if obj is not None else None
@@ -349,14 +351,14 @@ def retry_delay(data: bytes | dict[str, Any]) -> float | None:
         return None
 
 
-def _error_object(data: object) -> dict[str, Any] | None:
+def _error_object(data: object) -> JSONObject | None:
     """The ``google.rpc.Status`` wrapper, also when it comes in a one-element array (array stream)."""
     obj = loads_or_none(data, object)
     obj = obj[0] if isinstance(obj, list) and obj else obj
     return obj if isinstance(obj, dict) else None
 
 
-def _error(err: Any, status: int) -> UpstreamError:
+def _error(err: JSONValue, status: int) -> UpstreamError:
     """``status`` < 400 means mid-stream (HTTP 200): the body's own code decides."""
     err = err if isinstance(err, dict) else {"message": str(err)}
     status = status if status >= 400 else int(err.get("code") or 500)
@@ -370,7 +372,7 @@ def _error(err: Any, status: int) -> UpstreamError:
     return UpstreamError(status, message, etype, str(err.get("status") or "").lower() or None)
 
 
-def parse_error(status: int, data: bytes | dict[str, Any]) -> UpstreamError:
+def parse_error(status: int, data: bytes | JSONObject) -> UpstreamError:
     """google.rpc.Status (in a one-element array from the JSON-array stream) → OpenAI shape.
     The code is the Google status lowercased (``resource_exhausted``); a bad key becomes 401."""
     obj = _error_object(data)
@@ -393,11 +395,11 @@ class GeminiFormat(WireFormat):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return auth_headers(api_key)
 
-    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
                    max_output_tokens: int | None) -> UpstreamCall:
         return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
 
-    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
         return parse_response(data, model)
 
     def stream_decoder(self, model: str) -> StreamDecoder:

@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 from urllib.parse import quote
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.vectors import dimensions, embedding_list, estimate_tokens, vectors
 from llm_proxy.core.wire import (
     Embedded,
@@ -41,13 +41,13 @@ def model_path(model: str) -> str:
 
 
 class GeminiEmbeddings(EmbeddingsCodec):
-    def build(self, body: dict[str, Any], model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
+    def build(self, body: JSONObject, model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
         """One ``batchEmbedContents`` call for all inputs. The key goes in a header: URLs get logged."""
         path = model_path(model)
         dims = dimensions(body)
         requests = []
         for text in texts:
-            item: dict[str, Any] = {"model": "models/" + path.rsplit("/", 1)[1], "content": {"parts": [{"text": text}]}}
+            item: JSONObject = {"model": "models/" + path.rsplit("/", 1)[1], "content": {"parts": [{"text": text}]}}
             if dims is not None:
                 item["outputDimensionality"] = dims
             requests.append(item)
@@ -72,7 +72,7 @@ class Imagen(ImagesCodec):
     def unsupported(self, model: str) -> str | None:
         return None if is_imagen(model) else "with a non-Imagen model"
 
-    def build(self, body: dict[str, Any], model: str, *, api_key: str) -> UpstreamCall:
+    def build(self, body: JSONObject, model: str, *, api_key: str) -> UpstreamCall:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise bad_request("prompt must be a non-empty string", param="prompt")
@@ -84,7 +84,7 @@ class Imagen(ImagesCodec):
         fmt = body.get("response_format")
         if fmt not in (None, "b64_json", "url"):
             raise bad_request("response_format must be 'url' or 'b64_json'", param="response_format")
-        parameters: dict[str, Any] = {"sampleCount": n}
+        parameters: JSONObject = {"sampleCount": n}
         size = body.get("size")
         ratio = IMAGE_ASPECT_RATIOS.get(size) if isinstance(size, str) else None
         if ratio is not None:
@@ -93,7 +93,7 @@ class Imagen(ImagesCodec):
         return UpstreamCall(model_path(model) + ":predict", orjson.dumps(out),
                             {"x-goog-api-key": api_key})
 
-    def parse(self, data: bytes, response_format: str | None, provider: str) -> dict[str, Any]:
+    def parse(self, data: bytes, response_format: str | None, provider: str) -> JSONObject:
         """``{"predictions": [{"bytesBase64Encoded", "mimeType"}]}`` → ``{"created", "data": [...]}``.
 
         ``url`` entries are ``data:`` URIs (Gemini hosts nothing). Predictions withheld by the

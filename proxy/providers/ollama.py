@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError, bad_request
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.vectors import dimensions, embedding_list, estimate_tokens, vectors
 from llm_proxy.core.wire import (
     Chunk,
@@ -55,7 +55,7 @@ _OPTIONS = {
     "presence_penalty": "options.presence_penalty", "frequency_penalty": "options.frequency_penalty",
     "max_tokens": "options.num_predict", "max_completion_tokens": "options.num_predict",
 }
-_ROLES = {"developer": "system"}
+_ROLES: dict[str | None, str] = {"developer": "system"}
 _TYPE_BY_STATUS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                    404: "not_found_error", 429: "rate_limit_error"}
 
@@ -70,7 +70,7 @@ def _image(url: str) -> str:
     return payload
 
 
-def _content(content: Any) -> tuple[str, list[str]]:
+def _content(content: JSONValue) -> tuple[str, list[str]]:
     """(text, images): text parts joined with newlines so words of adjacent parts don't fuse."""
     if content is None or isinstance(content, str):
         return content or "", []
@@ -88,7 +88,7 @@ def _content(content: Any) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
-def _arguments(raw: Any) -> Any:
+def _arguments(raw: JSONValue) -> JSONValue:
     if not isinstance(raw, str):
         return raw if raw is not None else {}
     try:
@@ -97,15 +97,15 @@ def _arguments(raw: Any) -> Any:
         raise bad_request("tool call arguments must be a JSON object", param="messages") from None
 
 
-def _messages(messages: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _messages(messages: JSONValue) -> list[JSONObject]:
+    out: list[JSONObject] = []
     tool_names: dict[str, str] = {}  # tool_call_id → function name, for tool results' tool_name
     for msg in messages if isinstance(messages, list) else []:
         if not isinstance(msg, dict):
             raise bad_request("each message must be an object", param="messages")
         role = msg.get("role")
         text, images = _content(msg.get("content"))
-        item: dict[str, Any] = {"role": _ROLES.get(role, role), "content": text}
+        item: JSONObject = {"role": _ROLES.get(role, role), "content": text}
         if images:
             item["images"] = images
         if role == "assistant":
@@ -125,7 +125,7 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _think(effort: Any, model: str) -> bool | str | None:
+def _think(effort: JSONValue, model: str) -> bool | str | None:
     """gpt-oss takes a level string and ignores booleans; other thinking models take a boolean."""
     if not isinstance(effort, str):
         return None
@@ -137,13 +137,13 @@ def _think(effort: Any, model: str) -> bool | str | None:
 
 
 def build_request(
-    body: dict[str, Any], model: str, *, api_key: str | None, stream: bool, max_output_tokens: int | None
+    body: JSONObject, model: str, *, api_key: str | None, stream: bool, max_output_tokens: int | None
 ) -> UpstreamCall:
     """The native request. ``max_output_tokens`` becomes ``num_predict`` only when the client
     set no limit: Ollama's default is unbounded, and a local model in a loop never stops."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
         raise bad_request("n > 1 is not supported for Ollama", param="n")
-    out: dict[str, Any] = {"model": model, "messages": _messages(body.get("messages")), "stream": stream}
+    out: JSONObject = {"model": model, "messages": _messages(body.get("messages")), "stream": stream}
     # Ollama has no tool_choice; "none" is honoured by not offering the tools at all.
     if body.get("tools") and body.get("tool_choice") != "none":
         out["tools"] = body["tools"]
@@ -169,7 +169,7 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _tool_call(call: dict[str, Any], n: int) -> dict[str, Any]:
+def _tool_call(call: JSONObject, n: int) -> JSONObject:
     fn = call.get("function") or {}
     args = fn.get("arguments")
     args = args if isinstance(args, str) else orjson.dumps(args or {}).decode()
@@ -177,14 +177,14 @@ def _tool_call(call: dict[str, Any], n: int) -> dict[str, Any]:
             "function": {"name": fn.get("name", ""), "arguments": args}}
 
 
-def _finish(obj: dict[str, Any], tools_called: bool) -> str:
+def _finish(obj: JSONObject, tools_called: bool) -> str:
     """Ollama reports ``stop`` after tool calls; ``load``/``unload`` answers carry no output."""
     if obj.get("done_reason") == "length":
         return "length"
     return "tool_calls" if tools_called else "stop"
 
 
-def _usage(obj: dict[str, Any]) -> Usage:
+def _usage(obj: JSONObject) -> Usage:
     return Usage(prompt_tokens=int(obj.get("prompt_eval_count") or 0),
                  completion_tokens=int(obj.get("eval_count") or 0))
 
@@ -194,11 +194,11 @@ def _usage_dict(u: Usage) -> dict[str, int]:
             "total_tokens": u.total_tokens}
 
 
-def _error(message: str) -> dict[str, Any]:
+def _error(message: str) -> JSONObject:
     return {"message": message, "type": "api_error", "param": None, "code": None}
 
 
-def parse_response(data: bytes | str | dict[str, Any], model: str) -> Translated:
+def parse_response(data: bytes | str | JSONObject, model: str) -> Translated:
     obj = loads_or_none(data)
     if obj is None or not isinstance(obj.get("message"), dict):
         err = obj.get("error") if obj is not None else None
@@ -207,7 +207,7 @@ def parse_response(data: bytes | str | dict[str, Any], model: str) -> Translated
         raise bad_upstream("Ollama", "an unreadable chat response")
     msg = obj["message"]
     calls = [_tool_call(c, i) for i, c in enumerate(msg.get("tool_calls") or [])]
-    message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or (None if calls else "")}
+    message: JSONObject = {"role": "assistant", "content": msg.get("content") or (None if calls else "")}
     if msg.get("thinking"):
         message["reasoning_content"] = msg["thinking"]
     if calls:
@@ -234,19 +234,19 @@ class StreamDecoder(_BaseDecoder):
         self._tools = 0
         self._done = False
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    def _chunk(self, choices: list[JSONObject], **extra: JSONValue) -> JSONObject:
         return {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
                 "model": self.model, "choices": choices, **extra}
 
     def feed(self, chunk: bytes) -> list[Chunk]:
         self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
-        out: list[dict[str, Any]] = []
+        out: list[JSONObject] = []
         for line in lines:
             self._line(line, out)
         return out
 
-    def _line(self, line: bytes, out: list[dict[str, Any]]) -> None:
+    def _line(self, line: bytes, out: list[JSONObject]) -> None:
         line = line.strip()  # tolerates \r\n and blank keep-alive lines
         if not line or self.error is not None or self._done:
             return
@@ -259,7 +259,7 @@ class StreamDecoder(_BaseDecoder):
             self.error = _error(err if isinstance(err, str) else orjson.dumps(err).decode())
             return
         msg = obj.get("message") or {}
-        delta: dict[str, Any] = {} if self._started else {"role": "assistant", "content": ""}
+        delta: JSONObject = {} if self._started else {"role": "assistant", "content": ""}
         if msg.get("content"):
             delta["content"] = msg["content"]
         if msg.get("thinking"):
@@ -279,9 +279,9 @@ class StreamDecoder(_BaseDecoder):
             self.usage = _usage(obj)
             out.append(self._chunk([{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]))
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[JSONObject]:
         """Flush a last line sent without a newline; a stream cut before ``done`` is an error."""
-        out: list[dict[str, Any]] = []
+        out: list[JSONObject] = []
         line, self._buffer = self._buffer, b""
         self._line(line, out)
         if not self._done and self.error is None:
@@ -291,7 +291,7 @@ class StreamDecoder(_BaseDecoder):
         return out
 
 
-def parse_error(status: int, data: bytes | str | dict[str, Any]) -> UpstreamError:
+def parse_error(status: int, data: bytes | str | JSONObject) -> UpstreamError:
     """``{"error": "..."}`` → OpenAI type by status; a missing model gets ``model_not_found``."""
     obj = loads_or_none(data)
     err = obj.get("error") if obj is not None else None
@@ -320,8 +320,8 @@ class OllamaEmbeddings(EmbeddingsCodec):
     """``POST /api/embed`` (``input`` string or list, ``dimensions``); ``prompt_eval_count`` is the
     prompt token count."""
 
-    def build(self, body: dict[str, Any], model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
-        out: dict[str, Any] = {"model": model, "input": body["input"] if isinstance(body.get("input"), str) else texts}
+    def build(self, body: JSONObject, model: str, texts: list[str], *, api_key: str) -> UpstreamCall:
+        out: JSONObject = {"model": model, "input": body["input"] if isinstance(body.get("input"), str) else texts}
         dims = dimensions(body)
         if dims is not None:
             out["dimensions"] = dims
@@ -351,11 +351,11 @@ class OllamaFormat(WireFormat):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return auth_headers(api_key)
 
-    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
                    max_output_tokens: int | None) -> UpstreamCall:
         return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
 
-    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
         return parse_response(data, model)
 
     def stream_decoder(self, model: str) -> StreamDecoder:

@@ -9,12 +9,13 @@ normalises upstream errors into OpenAI's error shape.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.jsontypes import JSONObject, JSONValue
 from llm_proxy.core.wire import (
     KEEP_HEADERS,
     Chunk,
@@ -60,7 +61,7 @@ _TYPE_BY_STATUS = {
 }
 
 
-def usage_from(u: Any) -> Usage | None:
+def usage_from(u: JSONValue) -> Usage | None:
     """Normalise the usage dialects of OpenAI-compatible servers.
 
     Cached prompt tokens appear as ``prompt_tokens_details.cached_tokens`` (OpenAI, xAI),
@@ -89,11 +90,11 @@ def usage_from(u: Any) -> Usage | None:
     )
 
 
-def parse_chat_response(data: bytes | dict[str, Any]) -> tuple[Usage | None, str | None, str | None]:
+def parse_chat_response(data: bytes | JSONObject) -> tuple[Usage | None, str | None, str | None]:
     """(usage, finish_reason, response model) from a non-streaming chat completion
     (its bytes, or the dict when the caller needs it parsed anyway)."""
     if isinstance(data, dict):
-        obj: Any = data
+        obj: JSONValue = data
     else:
         try:  # inline rather than loads_or_none: the pass-through path
             obj = orjson.loads(data)
@@ -121,7 +122,7 @@ class ChatStreamMeter:
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.output_events = 0
-        self.error: dict[str, Any] | None = None
+        self.error: JSONObject | None = None
         self.model: str | None = None
 
     def feed(self, data: bytes) -> bool:
@@ -212,7 +213,7 @@ def image_result(data: bytes) -> tuple[int, Usage | None]:
 class OpenAIChunkDecoder(JsonEventDecoder):
     """OpenAI-compatible SSE → chunk dicts, for clients that speak another format."""
 
-    def _take(self, obj: dict[str, Any]) -> Chunk | None:
+    def _take(self, obj: JSONObject) -> Chunk | None:
         if obj.get("error") is not None:
             err = obj["error"]
             self.error = err if isinstance(err, dict) else {"message": str(err), "type": "api_error"}
@@ -240,7 +241,7 @@ class OpenAIFormat(WireFormat):
     def passes_through(self, surface: str, config: ProviderConfig) -> bool:
         return surface == "chat.completions" or (surface == "responses" and config.responses_api)
 
-    def build_chat(self, body: dict[str, Any], model: str, *, api_key: str, stream: bool,
+    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
                    max_output_tokens: int | None) -> UpstreamCall:
         """Only for callers that hold no client bytes (the dispatch forwards the client's own)."""
         out = {**body, "model": model}
@@ -248,7 +249,7 @@ class OpenAIFormat(WireFormat):
             out["stream"] = True
         return UpstreamCall(CHAT_PATH, orjson.dumps(out))
 
-    def parse_chat(self, data: bytes | dict[str, Any], model: str) -> Translated:
+    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
         obj = loads_or_none(data)
         if obj is None:
             raise bad_upstream(self.label, "a chat completion that is not a JSON object")

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import httpx
 import orjson
@@ -22,6 +22,7 @@ from starlette.types import Send
 from llm_proxy.core import metrics
 from llm_proxy.core.context import RequestContext, Target
 from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.providers.openai import CHAT_PATH
 from llm_proxy.routing import pipeline
 from llm_proxy.runtime.provider import ProviderRuntime
@@ -126,7 +127,7 @@ async def _send(
                 finally:
                     await response.aclose()
             else:  # nothing has reached the client yet: a stream that dies now can still fail over
-                chunks = aiter(response.stream)
+                chunks = aiter(cast(httpx.AsyncByteStream, response.stream))  # async transports only
                 try:
                     first = await _first_chunk(chunks)
                 except BaseException:
@@ -164,7 +165,7 @@ async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
     raise _EmptyStream
 
 
-async def complete_chat(ctx: RequestContext) -> dict[str, Any]:
+async def complete_chat(ctx: RequestContext) -> JSONObject:
     """A non-streaming chat completion as a dict, whatever the provider's format."""
     up = await send_chat(ctx)
     translated = up.provider.wire.parse_chat(up.data, ctx.target.model if ctx.target else "")
@@ -175,7 +176,7 @@ async def complete_chat(ctx: RequestContext) -> dict[str, Any]:
 async def _read(response: httpx.Response, limit: int | None) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.stream:  # the raw byte stream; no decoding layers
+    async for chunk in cast(httpx.AsyncByteStream, response.stream):  # the raw bytes; no decoding layers
         parts.append(chunk)
         size += len(chunk)
         if limit is not None and size >= limit:

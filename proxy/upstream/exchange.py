@@ -48,15 +48,19 @@ async def open_upstream(
     return response
 
 
+# what the gateway was doing when a timeout of this kind fired
+_WAITING: dict[type[BaseException], str] = {
+    httpx.ConnectTimeout: "connecting to",
+    httpx.PoolTimeout: "waiting for a connection to",
+    httpx.ReadTimeout: "waiting for data from",
+}
+
+
 def transport_error(ctx: RequestContext, provider: ProviderRuntime, exc: BaseException) -> ProxyError:
     """Map a failure to reach or read from an upstream to a gateway error (502/504)."""
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         kind, status, code = "timeout", 504, "upstream_timeout"
-        what = {
-            httpx.ConnectTimeout: "connecting to",
-            httpx.PoolTimeout: "waiting for a connection to",
-            httpx.ReadTimeout: "waiting for data from",
-        }.get(type(exc), "waiting for")
+        what = _WAITING.get(type(exc), "waiting for")
         message = f"Timed out {what} provider '{provider.name}'."
     elif isinstance(exc, httpx.ConnectError):
         kind, status, code = "connect", 502, "upstream_unreachable"

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeAlias
 
 import httpx
 import orjson
@@ -24,20 +25,25 @@ from starlette.types import Send
 
 from llm_proxy.core import metrics
 from llm_proxy.core.context import RequestContext, Usage
+from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.sse import SSEDecoder, encode_event
 from llm_proxy.core.tokens import estimate_prompt_tokens
-from llm_proxy.core.wire import StreamDecoder
+from llm_proxy.core.wire import Chunk, StreamDecoder
 from llm_proxy.providers.openai import ChatStreamMeter
 from llm_proxy.runtime.provider import ProviderRuntime
 from llm_proxy.upstream.dispatch import Upstream
 from llm_proxy.upstream.exchange import transport_error
 
 __all__ = [
+    "ChunkEncoder",
     "ChunkRelay",
+    "ErrorEvent",
     "OpenAIChunkEncoder",
     "ObservedRelay",
     "PassthroughRelay",
+    "Relay",
     "SurfaceEncoder",
+    "SurfaceStream",
     "relay_stream",
     "relay_surface",
 ]
@@ -46,11 +52,24 @@ _DONE = b"data: [DONE]\n\n"
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 
+ErrorEvent: TypeAlias = Callable[[JSONObject], bytes]
+"""A mid-stream failure (an OpenAI error dict) as an event of the client's format."""
+
+
 class Relay(Protocol):
-    usage: Usage | None
-    finish_reason: str | None
-    error: dict[str, Any] | None
-    output_events: int
+    """Upstream bytes in, client bytes out, and the stream's outcome read when it ends."""
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def finish_reason(self) -> str | None: ...
+
+    @property
+    def error(self) -> JSONObject | None: ...
+
+    @property
+    def output_events(self) -> int: ...
 
     @property
     def complete(self) -> bool: ...
@@ -59,10 +78,30 @@ class Relay(Protocol):
 
     def finish(self) -> bytes: ...
 
-    def failure(self, error: dict[str, Any]) -> bytes: ...
+    def failure(self, error: JSONObject) -> bytes: ...
 
 
-def _openai_error_event(error: dict[str, Any]) -> bytes:
+class ChunkEncoder(Protocol):
+    """OpenAI chunk dicts → the client's events (``ChunkRelay``'s second half)."""
+
+    def feed(self, chunk: Chunk) -> bytes: ...
+
+    def finish(self, usage: Usage | None) -> bytes: ...
+
+    def error(self, error: JSONObject) -> bytes: ...
+
+
+class SurfaceStream(Protocol):
+    """Chat chunks → a client surface's own event stream (Anthropic Messages, Responses)."""
+
+    def start(self) -> bytes: ...
+
+    def feed(self, chunk: Chunk) -> bytes: ...
+
+    def finish(self, usage: Usage | None = None) -> bytes: ...
+
+
+def _openai_error_event(error: JSONObject) -> bytes:
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
@@ -77,10 +116,21 @@ class PassthroughRelay:
         self._strip = not ctx.client_wants_usage
         self._done = False
 
-    usage = property(lambda self: self._meter.usage)
-    finish_reason = property(lambda self: self._meter.finish_reason)
-    error = property(lambda self: self._meter.error)
-    output_events = property(lambda self: self._meter.output_events)
+    @property
+    def usage(self) -> Usage | None:
+        return self._meter.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._meter.finish_reason
+
+    @property
+    def error(self) -> JSONObject | None:
+        return self._meter.error
+
+    @property
+    def output_events(self) -> int:
+        return self._meter.output_events
 
     @property
     def complete(self) -> bool:
@@ -98,7 +148,7 @@ class PassthroughRelay:
             self._handle(event.data, out)
         return b"".join(out) if self._strip else b""  # unstripped: the raw bytes already went out
 
-    def failure(self, error: dict[str, Any]) -> bytes:
+    def failure(self, error: JSONObject) -> bytes:
         return _openai_error_event(error)
 
     def _handle(self, data: bytes, out: list[bytes] | None) -> None:
@@ -122,7 +172,7 @@ class OpenAIChunkEncoder:
     def __init__(self, strip_usage: bool) -> None:
         self._strip = strip_usage
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: Chunk) -> bytes:
         if self._strip and not chunk.get("choices"):
             return b""
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
@@ -130,7 +180,7 @@ class OpenAIChunkEncoder:
     def finish(self, usage: Usage | None) -> bytes:
         return _DONE
 
-    def error(self, error: dict[str, Any]) -> bytes:
+    def error(self, error: JSONObject) -> bytes:
         return _openai_error_event(error)
 
 
@@ -138,11 +188,11 @@ class SurfaceEncoder:
     """A client surface's event stream (Anthropic Messages, Responses) as a relay encoder;
     ``error`` renders a mid-stream failure in that surface's own shape."""
 
-    def __init__(self, stream: Any, error: Any) -> None:
+    def __init__(self, stream: SurfaceStream, error: ErrorEvent) -> None:
         self._stream = stream
         self.error = error
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: Chunk) -> bytes:
         return self._stream.feed(chunk)
 
     def finish(self, usage: Usage | None) -> bytes:
@@ -157,15 +207,23 @@ class _DecodedRelay:
         self._decoder = decoder
         self.output_events = 0
 
-    usage = property(lambda self: self._decoder.usage)
-    finish_reason = property(lambda self: self._decoder.finish_reason)
-    error = property(lambda self: self._decoder.error)
+    @property
+    def usage(self) -> Usage | None:
+        return self._decoder.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._decoder.finish_reason
+
+    @property
+    def error(self) -> JSONObject | None:
+        return self._decoder.error
 
     @property
     def complete(self) -> bool:
         return self._decoder.finish_reason is not None
 
-    def _count(self, chunk: dict[str, Any]) -> None:
+    def _count(self, chunk: Chunk) -> None:
         if any(_has_output(c.get("delta") or {}) for c in chunk.get("choices") or ()):
             self.output_events += 1
             if self._ctx.first_token_at is None:
@@ -175,7 +233,7 @@ class _DecodedRelay:
 class ChunkRelay(_DecodedRelay):
     """Upstream bytes → (decoder) OpenAI chunk dicts → (encoder) the client's events."""
 
-    def __init__(self, ctx: RequestContext, decoder: StreamDecoder, encoder: Any) -> None:
+    def __init__(self, ctx: RequestContext, decoder: StreamDecoder, encoder: ChunkEncoder) -> None:
         super().__init__(ctx, decoder)
         self._encoder = encoder
         self._error_sent = False
@@ -189,10 +247,10 @@ class ChunkRelay(_DecodedRelay):
             return tail  # relay_stream ends it with an error event
         return tail + self._encoder.finish(self._decoder.usage)
 
-    def failure(self, error: dict[str, Any]) -> bytes:
+    def failure(self, error: JSONObject) -> bytes:
         return self._encoder.error(error)
 
-    def _encode(self, chunks: list[dict[str, Any]]) -> bytes:
+    def _encode(self, chunks: list[Chunk]) -> bytes:
         out: list[bytes] = []
         for chunk in chunks:
             self._count(chunk)
@@ -208,7 +266,7 @@ class ObservedRelay(_DecodedRelay):
     """The upstream already speaks the client's format (Anthropic → /v1/messages, OpenAI →
     /v1/responses): its bytes go through untouched, and a decoder reads them for metering."""
 
-    def __init__(self, ctx: RequestContext, decoder: StreamDecoder, failure: Any) -> None:
+    def __init__(self, ctx: RequestContext, decoder: StreamDecoder, failure: ErrorEvent) -> None:
         super().__init__(ctx, decoder)
         self._failure = failure
 
@@ -222,15 +280,16 @@ class ObservedRelay(_DecodedRelay):
             self._count(decoded)
         return b""
 
-    def failure(self, error: dict[str, Any]) -> bytes:
+    def failure(self, error: JSONObject) -> bytes:
         return self._failure(error)
 
 
-def _has_output(delta: dict[str, Any]) -> bool:
+def _has_output(delta: JSONObject) -> bool:
     return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
 
 
-async def relay_surface(ctx: RequestContext, up: Upstream, send: Send, stream: Any, on_error: Any) -> None:
+async def relay_surface(ctx: RequestContext, up: Upstream, send: Send, stream: SurfaceStream,
+                        on_error: ErrorEvent) -> None:
     """Stream a chat answer to a client surface (Anthropic Messages, Responses): its opening
     events, then every upstream chunk decoded to chat and re-encoded by ``stream``."""
     await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})

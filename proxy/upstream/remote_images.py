@@ -17,12 +17,12 @@ import asyncio
 import base64
 import ipaddress
 import socket
-from typing import Any
 
 import httpx
 
 from llm_proxy.core.config import ImagesConfig
 from llm_proxy.core.errors import ProxyError
+from llm_proxy.core.jsontypes import JSONObject
 
 __all__ = ["MAX_IMAGES", "MAX_REDIRECTS", "ImageFetcher"]
 
@@ -180,13 +180,13 @@ class ImageFetcher:
             raise _error("image URL returned an empty body")
         return mime, b"".join(chunks)
 
-    async def inline_images(self, body: dict[str, Any]) -> int:
+    async def inline_images(self, body: JSONObject) -> int:
         """Replace every http(s) ``image_url`` in ``body["messages"]`` with a ``data:`` URL.
 
         Returns how many parts were inlined. Same URL twice is fetched once. Up to
         ``CONCURRENCY`` fetches run at once; more than ``MAX_IMAGES`` remote images is a 400.
         """
-        parts: list[tuple[dict[str, Any], str]] = []  # (part, url)
+        parts: list[tuple[JSONObject, str]] = []  # (part, url)
         for message in body.get("messages") or ():
             content = message.get("content") if isinstance(message, dict) else None
             for part in content if isinstance(content, list) else ():

@@ -101,15 +101,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = 15.0,
         ssl: _ssl.SSLContext | bool = True,
     ) -> None:
-        self._connector_kwargs = dict(
-            limit=limit, limit_per_host=limit_per_host, keepalive_timeout=keepalive_expiry, ssl=ssl
-        )
+        def connector() -> aiohttp.TCPConnector:
+            return aiohttp.TCPConnector(
+                limit=limit, limit_per_host=limit_per_host, keepalive_timeout=keepalive_expiry, ssl=ssl
+            )
+
+        self._connector = connector
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Created here, not in __init__: aiohttp binds the session to the running event loop.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(**self._connector_kwargs),
+            connector=self._connector(),
             timeout=aiohttp.ClientTimeout(),  # the per-request one replaces it; never a total
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
