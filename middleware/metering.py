@@ -41,4 +41,4 @@ class MeteringMiddleware:
             await self.app(scope, receive, send_with_overhead)
         finally:
             if ctx.cost is None:  # an endpoint may have priced the request itself (per image)
-                ctx.cost = ctx.runtime.pricing.cost(ctx.target, ctx.usage, ctx.model, ctx.group)
+                ctx.cost = ctx.runtime.pricing.cost(ctx.deployment, ctx.usage, ctx.model, ctx.group)

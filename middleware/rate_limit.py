@@ -82,7 +82,7 @@ class RateLimitMiddleware:
             if admission is not None:
                 admission.release(ctx.usage.total_tokens if ctx.usage is not None else 0)
             if ctx.cost is None and ctx.usage is not None:  # metering not in the chain: price it here
-                ctx.cost = ctx.runtime.pricing.cost(ctx.target, ctx.usage, ctx.model, ctx.group)
+                ctx.cost = ctx.runtime.pricing.cost(ctx.deployment, ctx.usage, ctx.model, ctx.group)
             self.ledger.settle(client.key_id, ctx.started_wall, reserved, ctx.cost)
             for started_wall, cost in ctx.metadata.get("side_costs", ()):  # a group's classifier call
                 self.ledger.settle(client.key_id, started_wall, 0.0, cost)

@@ -39,7 +39,7 @@ class EnglishSystemPrompt(Plugin):
         self.text: str = config.get("text", DEFAULT_TEXT)
 
     async def before(self, ctx: RequestContext) -> None:
-        if self.providers is not None and (ctx.target is None or ctx.target.provider not in self.providers):
+        if self.providers is not None and (ctx.deployment is None or ctx.deployment.provider not in self.providers):
             return
         body = ctx.body
         messages = body.get("messages") if isinstance(body, dict) else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from stubs import UNREACHABLE, StubApp, call, context, make_scope, runtime
 
-from llm_proxy.core.context import RequestContext, Target
+from llm_proxy.core.context import Deployment, RequestContext
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.middleware.group_routing import GroupRoutingMiddleware
 from llm_proxy.runtime.snapshot import Runtime
@@ -88,7 +88,7 @@ async def test_a_concrete_model_gets_its_enabled_deployments_in_priority_order()
 
 async def test_provider_slash_model_pins_one_provider_and_passes_any_model_name() -> None:
     ctx, _ = await route("cloud-a/brand-new-model")
-    assert ctx.candidates == [Target("cloud-a", "brand-new-model")]
+    assert ctx.candidates == [Deployment("cloud-a", "brand-new-model")]
 
 
 @pytest.mark.parametrize("model", ["no-such-model", "nobody/gpt-4o"])

@@ -10,7 +10,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 from stubs import UNREACHABLE, StubApp, call, context, make_scope, runtime
 
-from llm_proxy.core.context import RequestContext, Target, Usage, get_context
+from llm_proxy.core.context import Deployment, RequestContext, Usage, get_context
 from llm_proxy.middleware.metering import MeteringMiddleware
 
 pytestmark = pytest.mark.anyio
@@ -24,12 +24,12 @@ def anyio_backend() -> str:
 # $2 in / $10 out per 1M tokens on the serving provider: 1000 in + 500 out = $0.007
 SNAPSHOT = runtime(providers={"openai": {"base_url": UNREACHABLE, "api_key": "sk-upstream-never-sent",
                                          "models": ["gpt-4o"], "prices": {"gpt-4o": {"input": 2.0, "output": 10.0}}}})
-SERVED = Target("openai", "gpt-4o")
+SERVED = Deployment("openai", "gpt-4o")
 
 
 def served(ctx: RequestContext) -> None:
     """What an endpoint notes down: where it went and what the upstream reported."""
-    ctx.target = SERVED
+    ctx.deployment = SERVED
     ctx.usage = Usage(prompt_tokens=1000, completion_tokens=500)
 
 
@@ -55,7 +55,7 @@ async def test_a_request_without_upstream_time_reports_all_of_it_as_overhead() -
     assert 20.0 <= float(headers["x-llm-proxy-overhead-ms"]) < 70.0
 
 
-async def test_the_cost_is_priced_from_the_usage_and_the_serving_target() -> None:
+async def test_the_cost_is_priced_from_the_usage_and_the_serving_deployment() -> None:
     ctx, _ = await metered(StubApp(effect=served))
     assert ctx.cost == pytest.approx(0.007)
 
@@ -67,7 +67,7 @@ async def test_the_cost_is_priced_only_after_the_response_has_ended() -> None:
     async def streams(scope: Scope, receive: Receive, send: Send) -> None:
         ctx = get_context(scope)
         assert ctx is not None
-        ctx.target = SERVED
+        ctx.deployment = SERVED
         await send({"type": "http.response.start", "status": 200, "headers": []})
         costs_at_start.append(ctx.cost)
         ctx.usage = Usage(prompt_tokens=1000, completion_tokens=500)  # the last chunk's usage
@@ -96,8 +96,8 @@ async def test_a_failed_request_is_still_priced_for_what_it_used() -> None:
     assert ctx.cost == pytest.approx(0.007)
 
 
-async def test_no_usage_or_no_target_is_no_cost() -> None:
-    ctx, headers = await metered(StubApp(effect=lambda c: setattr(c, "target", SERVED)))
+async def test_no_usage_or_no_deployment_is_no_cost() -> None:
+    ctx, headers = await metered(StubApp(effect=lambda c: setattr(c, "deployment", SERVED)))
     assert ctx.cost is None and "x-llm-proxy-overhead-ms" in headers
 
 

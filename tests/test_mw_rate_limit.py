@@ -242,7 +242,7 @@ async def test_without_metering_in_the_chain_the_stage_prices_the_usage_itself()
     seen: list[RequestContext] = []
 
     def served(ctx: RequestContext) -> None:
-        ctx.target = ctx.candidates[0]
+        ctx.deployment = ctx.candidates[0]
         ctx.usage = Usage(prompt_tokens=1000, completion_tokens=1000)
         seen.append(ctx)
 

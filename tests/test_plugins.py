@@ -14,7 +14,7 @@ import pytest
 # Submodules, not the package: until the editable install is refreshed, ``plugins`` may resolve
 # as a namespace package (it was installed while empty) and ``plugins/__init__.py`` won't run.
 import llm_proxy.plugins.registry as registry_module
-from llm_proxy.core.context import RequestContext, Target
+from llm_proxy.core.context import Deployment, RequestContext
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.plugins.english_system_prompt import EnglishSystemPrompt
 from llm_proxy.plugins.max_tokens_cap import MaxTokensCap
@@ -31,7 +31,7 @@ def make_ctx(
         body if body is not None else {"model": model, "messages": [{"role": "user", "content": SECRET}]}
     )
     ctx.raw_body = orjson.dumps(ctx.body)
-    ctx.target = Target(provider, model)
+    ctx.deployment = Deployment(provider, model)
     ctx.model = model
     return ctx
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 
-from llm_proxy.core.context import ClientIdentity, RequestContext, Target, Usage
+from llm_proxy.core.context import ClientIdentity, Deployment, RequestContext, Usage
 from llm_proxy.runtime.request_end import finish_request
 from llm_proxy.storage.request_log import LOG_COLUMNS, LogRow, UsageRollup, open_database, write_rows
 
@@ -78,7 +78,7 @@ def test_finish_request_submits_a_named_row(routed: bool) -> None:
     ctx.metadata.update(attempts=[{"provider": "openai"}], tags={"team": "a"}, usage_estimated=True)
     ctx.first_token_at, ctx.finished_at, ctx.overhead_ms = ctx.started + 0.01, ctx.started + 0.02, 0.5
     if routed:
-        ctx.target = Target(provider="openai", model="gpt-4o-2024")
+        ctx.deployment = Deployment(provider="openai", model="gpt-4o-2024")
 
     finish_request(ctx)
 

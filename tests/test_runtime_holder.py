@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from llm_proxy.core.config import parse_config
-from llm_proxy.core.context import Target, Usage
+from llm_proxy.core.context import Deployment, Usage
 from llm_proxy.runtime.build import build_runtime
 from llm_proxy.runtime.holder import RuntimeHolder
 from llm_proxy.runtime.overlay import ModelOverride, Overlay, StoredOverlay
@@ -55,8 +55,8 @@ def test_the_overlay_is_an_input_of_the_build_not_a_patch_afterwards(tmp_path: P
     assert (b.enabled, b.disabled_reason) == (False, "disabled through the admin API")
     assert [t.provider for t in runtime.routes.targets("gpt-4o")] == ["a"]
     usage = Usage(prompt_tokens=1_000_000)
-    full = build_runtime(config).pricing.cost(Target("a", "gpt-4o"), usage, "gpt-4o", None)
-    assert full and runtime.pricing.cost(Target("a", "gpt-4o"), usage, "gpt-4o", None) == pytest.approx(full / 2)
+    full = build_runtime(config).pricing.cost(Deployment("a", "gpt-4o"), usage, "gpt-4o", None)
+    assert full and runtime.pricing.cost(Deployment("a", "gpt-4o"), usage, "gpt-4o", None) == pytest.approx(full / 2)
 
 
 def test_start_makes_the_serving_copy_and_leaves_the_built_one_alone(tmp_path: Path) -> None:

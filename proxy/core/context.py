@@ -16,15 +16,15 @@ from starlette.types import Scope
 
 from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.parts import Snapshot
-from llm_proxy.core.records import ClientIdentity, Target, Usage
+from llm_proxy.core.records import ClientIdentity, Deployment, Usage
 from llm_proxy.core.surfaces import Surface
 
-__all__ = ["SCOPE_KEY", "ClientIdentity", "Deployment", "RequestContext", "Target", "Usage", "get_context"]
+__all__ = ["SCOPE_KEY", "ClientIdentity", "Deployment", "RequestContext", "Serving", "Usage", "get_context"]
 
 SCOPE_KEY = "llm_proxy"
 
 
-class Deployment(Protocol):
+class Serving(Protocol):
     """The serving deployment's live state as the context holds it (routing's ``DeploymentState``)."""
 
     def finish(self, ctx: RequestContext) -> None:
@@ -56,12 +56,12 @@ class RequestContext:
     model: str | None = None
     group: str | None = None
     route: list[str] = field(default_factory=list)
-    candidates: list[Target] = field(default_factory=list)
-    target: Target | None = None
+    candidates: list[Deployment] = field(default_factory=list)
+    deployment: Deployment | None = None  # the candidate being tried, then the one that answered
     strategy: str | None = None  # the named group's deployment strategy, if it sets one
     tags_header: bytes | None = None  # x-llm-proxy-tags, for rules that test tags
     key_index: int = 0  # which of the provider's keys this attempt uses
-    deployment: Deployment | None = None  # the serving deployment's state: settled when the request ends
+    serving: Serving | None = None  # the serving deployment's learned state: settled when the request ends
 
     # outcome
     status: int = 0

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from llm_proxy.core.jsontypes import JSONObject
-from llm_proxy.core.records import ClientIdentity, Target, Usage
+from llm_proxy.core.records import ClientIdentity, Deployment, Usage
 
 __all__ = [
     "Admission",
@@ -68,7 +68,7 @@ class Routes(Protocol):
         """The concrete model a group resolves to (aliases it names followed), with each step's reason."""
         ...
 
-    def candidates(self, model: str, requested: str | None, tags_header: bytes | None) -> list[Target]:
+    def candidates(self, model: str, requested: str | None, tags_header: bytes | None) -> list[Deployment]:
         """The enabled deployments of ``model``, narrowed to the routing mode (config, or a request tag)."""
         ...
 
@@ -80,13 +80,13 @@ class Routes(Protocol):
 class Pricing(Protocol):
     """The metering and admission stages' part: what a request cost, what it may cost."""
 
-    def cost(self, target: Target | None, usage: Usage | None, model: str | None,
+    def cost(self, deployment: Deployment | None, usage: Usage | None, model: str | None,
              group: str | None) -> float | None:
-        """The cost of ``usage`` on ``target`` (None without either, or without a price)."""
+        """The cost of ``usage`` on ``deployment`` (None without either, or without a price)."""
         ...
 
-    def estimate(self, target: Target, prompt_tokens: int, completion_tokens: int) -> float:
-        """The cost of that many tokens on ``target`` at its price (0.0 when it has none)."""
+    def estimate(self, deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> float:
+        """The cost of that many tokens on ``deployment`` at its price (0.0 when it has none)."""
         ...
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ClientIdentity", "Target", "Usage"]
+__all__ = ["ClientIdentity", "Deployment", "Usage"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,7 +39,7 @@ class ClientIdentity:
 
 
 @dataclass(slots=True, frozen=True)
-class Target:
+class Deployment:
     """One deployment: a provider and the model name it knows, with what strategies weigh.
 
     Equality and hashing are by (provider, model) only: the knobs describe the same place."""

@@ -33,7 +33,7 @@ async def _chat(ctx: RequestContext, send: Send) -> None:
         if wire.chat_passthrough:
             ctx.usage, ctx.finish_reason, _ = parse_chat_response(data)
         else:
-            translated = wire.parse_chat(data, ctx.target.model if ctx.target else "")
+            translated = wire.parse_chat(data, ctx.deployment.model if ctx.deployment else "")
             ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
             data = orjson.dumps(translated.response)
         await send({"type": "http.response.start", "status": 200,
@@ -45,6 +45,6 @@ async def _chat(ctx: RequestContext, send: Send) -> None:
     if wire.chat_passthrough:
         relay = PassthroughRelay(ctx)
     else:
-        decoder = wire.stream_decoder(ctx.target.model if ctx.target else "")
+        decoder = wire.stream_decoder(ctx.deployment.model if ctx.deployment else "")
         relay = ChunkRelay(ctx, decoder, OpenAIChunkEncoder(strip_usage=not ctx.client_wants_usage))
     await relay_stream(ctx, up, send, relay)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from llm_proxy.core.context import SCOPE_KEY, RequestContext, Target, Usage
+from llm_proxy.core.context import SCOPE_KEY, Deployment, RequestContext, Usage
 from llm_proxy.core.errors import ProxyError, bad_request, send_json
 from llm_proxy.core.vectors import embed_texts, encoding_format, estimate_tokens
 from llm_proxy.core.wire import Passthrough
@@ -53,7 +53,7 @@ def _passthrough_usage(data: bytes, ctx: RequestContext) -> Usage | None:
 
 
 async def _dispatch(ctx: RequestContext, send: Send) -> None:
-    ctx.target = ctx.candidates[0]
+    ctx.deployment = ctx.candidates[0]
     await run_before(ctx)
     if ctx.stream:
         raise bad_request("stream is not supported for embeddings", param="stream")
@@ -63,7 +63,7 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
     await send_json(send, 200, data)
 
 
-async def _embed(ctx: RequestContext, target: Target) -> tuple[bytes, Usage | None, bool]:
+async def _embed(ctx: RequestContext, target: Deployment) -> tuple[bytes, Usage | None, bool]:
     """One deployment's embeddings: (the answer in OpenAI's shape, usage, whether estimated)."""
     provider = runtime_of(ctx).upstreams.providers[target.provider]
     body = ctx.body

@@ -15,7 +15,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from llm_proxy.core.context import SCOPE_KEY, RequestContext, Target, Usage
+from llm_proxy.core.context import SCOPE_KEY, Deployment, RequestContext, Usage
 from llm_proxy.core.errors import bad_request, send_json
 from llm_proxy.core.wire import Chunk, Passthrough, StreamDecoder
 from llm_proxy.endpoints.embeddings import call, unsupported
@@ -34,15 +34,15 @@ async def generate_images(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def _meter(ctx: RequestContext, provider: ProviderRuntime, images: int, usage: Usage | None) -> None:
-    assert ctx.target is not None
+    assert ctx.deployment is not None
     ctx.usage = usage
-    price = provider.config.prices.get(ctx.target.model)
+    price = provider.config.prices.get(ctx.deployment.model)
     if price is not None and price.per_image is not None:
         ctx.cost = images * price.per_image  # metering keeps a cost set here
 
 
 async def _dispatch(ctx: RequestContext, send: Send) -> None:
-    ctx.target = ctx.candidates[0]
+    ctx.deployment = ctx.candidates[0]
     await run_before(ctx)
     if ctx.stream:
         up = await pipeline.run(ctx, lambda target: _open_stream(ctx, target))
@@ -52,11 +52,11 @@ async def _dispatch(ctx: RequestContext, send: Send) -> None:
         await relay_stream(ctx, up, send, relay)
         return
     data, images, usage = await pipeline.run(ctx, lambda target: _generate(ctx, target))
-    _meter(ctx, runtime_of(ctx).upstreams.providers[ctx.target.provider], images, usage)
+    _meter(ctx, runtime_of(ctx).upstreams.providers[ctx.deployment.provider], images, usage)
     await send_json(send, 200, data)
 
 
-async def _generate(ctx: RequestContext, target: Target) -> tuple[bytes, int, Usage | None]:
+async def _generate(ctx: RequestContext, target: Deployment) -> tuple[bytes, int, Usage | None]:
     """One deployment's images: (the answer in OpenAI's shape, how many images, usage)."""
     provider = runtime_of(ctx).upstreams.providers[target.provider]
     body = ctx.body
@@ -75,7 +75,7 @@ async def _generate(ctx: RequestContext, target: Target) -> tuple[bytes, int, Us
     return orjson.dumps(response), len(response["data"]), None
 
 
-async def _open_stream(ctx: RequestContext, target: Target) -> Upstream:
+async def _open_stream(ctx: RequestContext, target: Deployment) -> Upstream:
     """gpt-image streaming: the upstream's events go through as they come, unmetered."""
     provider = runtime_of(ctx).upstreams.providers[target.provider]
     codec = provider.wire.images

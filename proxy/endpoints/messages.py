@@ -38,7 +38,7 @@ async def messages(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def count_tokens(scope: Scope, receive: Receive, send: Send) -> None:
     ctx: RequestContext = scope["state"][SCOPE_KEY]
-    ctx.target = target = ctx.candidates[0]
+    ctx.deployment = target = ctx.candidates[0]
     provider = runtime_of(ctx).upstreams.providers[target.provider]
     if provider.wire.passes_through(SURFACE, provider.config):
         up = await send_native(ctx, provider, "/v1/messages/count_tokens", forward_body(ctx), _headers(scope, provider))
@@ -73,7 +73,7 @@ class _Messages:
         return _headers(self._scope, provider, key_index)
 
     def meter_native(self, ctx: RequestContext, up: Upstream) -> None:
-        translated = up.provider.wire.parse_chat(up.data, ctx.target.model if ctx.target is not None else "")
+        translated = up.provider.wire.parse_chat(up.data, ctx.deployment.model if ctx.deployment is not None else "")
         ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
 
     def native_observer(self, up: Upstream, model: str) -> tuple[StreamDecoder, ErrorEvent]:

@@ -16,7 +16,7 @@ from typing import Protocol
 import orjson
 from starlette.types import Send
 
-from llm_proxy.core.context import RequestContext, Target
+from llm_proxy.core.context import Deployment, RequestContext
 from llm_proxy.core.errors import send_json
 from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.wire import StreamDecoder
@@ -54,7 +54,7 @@ async def serve(ctx: RequestContext, send: Send, flow: TranslatedSurface) -> Non
     providers = runtime_of(ctx).upstreams.providers
     surface = flow.surface
 
-    def native(target: Target) -> bool:
+    def native(target: Deployment) -> bool:
         provider = providers[target.provider]
         return provider.wire.passes_through(surface, provider.config)
 
@@ -62,7 +62,7 @@ async def serve(ctx: RequestContext, send: Send, flow: TranslatedSurface) -> Non
     if native_first or flow.one_family:
         ctx.candidates = [t for t in ctx.candidates if native(t) == native_first]
     if native_first:
-        def attempt(target: Target) -> Awaitable[Upstream]:
+        def attempt(target: Deployment) -> Awaitable[Upstream]:
             provider = providers[target.provider]
             return send_native(ctx, provider, flow.path, forward_body(ctx), flow.native_headers(provider, ctx.key_index))
 
@@ -72,7 +72,7 @@ async def serve(ctx: RequestContext, send: Send, flow: TranslatedSurface) -> Non
             await send_json(send, 200, up.data)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
-        decoder, failure = flow.native_observer(up, ctx.target.model if ctx.target is not None else "")
+        decoder, failure = flow.native_observer(up, ctx.deployment.model if ctx.deployment is not None else "")
         await relay_stream(ctx, up, send, ObservedRelay(ctx, decoder, failure))
         return
 

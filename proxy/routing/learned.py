@@ -20,7 +20,7 @@ from llm_proxy.routing.breaker import Breaker
 from llm_proxy.routing.key_pool import KeyPool
 
 if TYPE_CHECKING:
-    from llm_proxy.core.context import RequestContext, Target
+    from llm_proxy.core.context import Deployment, RequestContext
 
 __all__ = ["DeploymentState", "RoutingState"]
 
@@ -59,7 +59,7 @@ class DeploymentState:
         ttft = ctx.first_token_at - ctx.upstream_started if ok and ctx.first_token_at and ctx.upstream_started else None
         self.end(ctx.upstream_elapsed * 1000.0 if ok else None, ttft * 1000.0 if ttft is not None else None)
 
-    def admit(self, target: Target, tokens: int) -> float:
+    def admit(self, target: Deployment, tokens: int) -> float:
         """Take one request of ``tokens`` into the capacity window: 0.0, or seconds until it fits."""
         now = self.clock()
         window = self._window
@@ -85,7 +85,7 @@ class RoutingState:
         self.definitions: dict[tuple[str, str], object] = {}
         self.providers: dict[str, object] = {}
 
-    def deployment(self, target: Target) -> DeploymentState:
+    def deployment(self, target: Deployment) -> DeploymentState:
         key = (target.provider, target.model)
         state = self._deployments.get(key)
         if state is None:
@@ -93,7 +93,7 @@ class RoutingState:
             state = self._deployments[key] = DeploymentState(breaker, self.clock)
         return state
 
-    def known(self, target: Target) -> DeploymentState | None:
+    def known(self, target: Deployment) -> DeploymentState | None:
         """A deployment's state if it has served or been ordered; None, without making one."""
         return self._deployments.get((target.provider, target.model))
 

@@ -38,14 +38,14 @@ from llm_proxy.routing.strategies import order
 from llm_proxy.runtime.snapshot import runtime_of
 
 if TYPE_CHECKING:
-    from llm_proxy.core.context import RequestContext, Target
+    from llm_proxy.core.context import Deployment, RequestContext
     from llm_proxy.routing.key_pool import KeyPool
     from llm_proxy.routing.learned import DeploymentState
 
 __all__ = ["classify", "retry_after", "run"]
 
 U = TypeVar("U")
-Attempt = Callable[["Target"], Awaitable[U]]
+Attempt = Callable[["Deployment"], Awaitable[U]]
 
 _GATEWAY_CODES = frozenset({"upstream_unreachable", "upstream_error", "upstream_timeout"})
 _CONTEXT_LENGTH = re.compile(
@@ -100,8 +100,8 @@ async def run(ctx: RequestContext, attempt: Attempt[U]) -> U:
     runtime = runtime_of(ctx)
     settings = runtime.config.routing
     if not settings.enabled:  # routing off: the first deployment, as it is
-        ctx.target = ctx.candidates[0]
-        return await attempt(ctx.target)
+        ctx.deployment = ctx.candidates[0]
+        return await attempt(ctx.deployment)
     for _ in range(_MAX_FALLBACKS + 1):
         try:
             return await _rounds(ctx, attempt)
@@ -132,13 +132,13 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
     record: list[JSONObject] = []
     failure: ProxyError | None = None
     failed = _Failed()
-    tried: Target | None = None
+    tried: Deployment | None = None
     first = candidates[0]
     head = state.deployment(first)
     if (head.breaker.state == "closed" and first.rpm is None and first.tpm is None
             and len(runtime.upstreams.providers[first.provider].api_keys) < 2):
         # The common case, kept lean: a healthy first deployment with one key and no capacity.
-        ctx.target = first
+        ctx.deployment = first
         ctx.key_index = 0
         head.begin()
         started = time.perf_counter()
@@ -151,12 +151,12 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
             head.end(None, None)
             raise
         else:
-            ctx.deployment = head  # its in-flight count and latency are settled when the request ends
+            ctx.serving = head  # its in-flight count and latency are settled when the request ends
             return result
     for round_ in range(settings.retries + 1):
         if round_:
             failed = _Failed()
-        deferred: list[tuple[Target, DeploymentState]] | None = None
+        deferred: list[tuple[Deployment, DeploymentState]] | None = None
         for target in candidates:
             if target is tried:  # already tried above, in this first round
                 tried = None
@@ -207,7 +207,7 @@ class _Failed:
         self.ready_in = float("inf")  # when something skipped becomes tryable, if nothing was tried
 
 
-async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
+async def _try(ctx: RequestContext, attempt: Attempt[U], target: Deployment, deployment: DeploymentState,
                failed: _Failed, record: list[JSONObject]) -> U | _Failed:
     """One deployment: its answer, or ``failed`` updated (anything not worth failing over is raised)."""
     runtime = runtime_of(ctx)
@@ -228,7 +228,7 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deploym
         if wait:
             failed.ready_in = min(failed.ready_in, wait)
             return failed
-    ctx.target = target
+    ctx.deployment = target
     started = time.perf_counter()
     deployment.begin()
     try:
@@ -240,13 +240,13 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Target, deploym
         deployment.breaker.release()
         raise
     deployment.breaker.record("ok")
-    ctx.deployment = deployment  # its in-flight count and latency are settled when the request ends
+    ctx.serving = deployment  # its in-flight count and latency are settled when the request ends
     if record:
         record.append(_entry(target, 200, "ok", started, None))
     return result
 
 
-async def _on_failure(ctx: RequestContext, attempt: Attempt[U], target: Target, deployment: DeploymentState,
+async def _on_failure(ctx: RequestContext, attempt: Attempt[U], target: Deployment, deployment: DeploymentState,
                       pool: KeyPool | None, exc: ProxyError, started: float, failed: _Failed,
                       record: list[JSONObject]) -> U | _Failed:
     """Classify a failed attempt: rest its key, tell its breaker, record it, and say what next."""
@@ -285,7 +285,7 @@ def _requested_tokens(ctx: RequestContext) -> int:
     return estimate_prompt_tokens(body) + (limit if isinstance(limit, int) else 0)
 
 
-def _entry(target: Target, status: int, outcome: str, started: float, error: str | None) -> JSONObject:
+def _entry(target: Deployment, status: int, outcome: str, started: float, error: str | None) -> JSONObject:
     return {"provider": target.provider, "model": target.model, "status": status, "outcome": outcome,
             "ms": round((time.perf_counter() - started) * 1000, 2), "error": error}
 

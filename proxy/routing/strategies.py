@@ -27,24 +27,24 @@ from llm_proxy.core.conditions import facts_from, holds
 from llm_proxy.runtime.snapshot import runtime_of
 
 if TYPE_CHECKING:
-    from llm_proxy.core.context import RequestContext, Target
+    from llm_proxy.core.context import Deployment, RequestContext
     from llm_proxy.routing.learned import RoutingState
 
 __all__ = ["STRATEGIES", "order"]
 
-Strategy = Callable[["RequestContext", list["Target"], "RoutingState"], list["Target"]]
+Strategy = Callable[["RequestContext", list["Deployment"], "RoutingState"], list["Deployment"]]
 
 
-def _priority(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def _priority(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     return sorted(targets, key=lambda t: t.priority)
 
 
-def _weighted(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def _weighted(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     # Efraimidis–Spirakis: sorting by u ** (1 / w) draws each position in proportion to weight.
     return sorted(targets, key=lambda t: random.random() ** (1.0 / t.weight), reverse=True)
 
 
-def _round_robin(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def _round_robin(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     name = ctx.model or ""
     turn = state.counters.get(name, 0)
     state.counters[name] = turn + 1
@@ -52,8 +52,8 @@ def _round_robin(ctx: RequestContext, targets: list[Target], state: RoutingState
     return targets[start:] + targets[:start]
 
 
-def _least_latency(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
-    def score(t: Target) -> float:
+def _least_latency(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
+    def score(t: Deployment) -> float:
         d = state.deployment(t)
         value = d.ttft_ms if ctx.stream and d.ttft_ms is not None else d.latency_ms
         return -1.0 if value is None else value
@@ -61,10 +61,10 @@ def _least_latency(ctx: RequestContext, targets: list[Target], state: RoutingSta
     return sorted(targets, key=score)
 
 
-def _lowest_cost(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def _lowest_cost(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     pricing = runtime_of(ctx).pricing
 
-    def cost(t: Target) -> float:
+    def cost(t: Deployment) -> float:
         info = pricing.catalog.pricing(t.model, pricing.catalog_ids[t.provider])
         price = info.price if info is not None else None
         if price is None or price.input is None or price.output is None:
@@ -74,11 +74,11 @@ def _lowest_cost(ctx: RequestContext, targets: list[Target], state: RoutingState
     return sorted(targets, key=cost)
 
 
-def _least_busy(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def _least_busy(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     return sorted(targets, key=lambda t: (state.deployment(t).in_flight, t.priority))
 
 
-def _ab(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def _ab(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     who = ctx.client.key_id if ctx.client is not None else "anonymous"
     point = zlib.crc32(f"{who}\0{ctx.model}".encode()) / 2**32 * sum(t.weight for t in targets)
     chosen = targets[-1]
@@ -90,7 +90,7 @@ def _ab(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list
     return [chosen, *sorted((t for t in targets if t is not chosen), key=lambda t: t.priority)]
 
 
-def _conditional(ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def _conditional(ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     rules = runtime_of(ctx).routes.deployment_rules.get(ctx.model or "")
     if rules:
         facts = facts_from(ctx.body or {}, ctx.tags_header)
@@ -116,5 +116,5 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def order(name: str, ctx: RequestContext, targets: list[Target], state: RoutingState) -> list[Target]:
+def order(name: str, ctx: RequestContext, targets: list[Deployment], state: RoutingState) -> list[Deployment]:
     return STRATEGIES[name](ctx, targets, state)

@@ -41,7 +41,7 @@ async def classify_via_gateway(ctx: RequestContext, model: str, prompt: str) -> 
         raise
     finally:
         sub.finished_at = time.perf_counter()
-        sub.cost = runtime.pricing.cost(sub.target, sub.usage, sub.model, sub.group)
+        sub.cost = runtime.pricing.cost(sub.deployment, sub.usage, sub.model, sub.group)
         finish_request(sub)
         if sub.cost:  # the client's key pays for it too (charged by the rate-limit layer)
             ctx.metadata.setdefault("side_costs", []).append((sub.started_wall, sub.cost))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from llm_proxy.core.catalog import Catalog
-from llm_proxy.core.context import Target, Usage
+from llm_proxy.core.context import Deployment, Usage
 from llm_proxy.runtime.provider import ProviderRuntime
 
 __all__ = ["PricingTable", "build_pricing", "shared_catalog"]
@@ -34,14 +34,14 @@ class PricingTable:
     priced: Mapping[str, frozenset[str]]  # provider -> the names it has a configured price for
     discounts: Mapping[str, tuple[float, float]]  # model or group -> (cost multiplier, expires at epoch)
 
-    def cost(self, target: Target | None, usage: Usage | None, model: str | None,
+    def cost(self, deployment: Deployment | None, usage: Usage | None, model: str | None,
              group: str | None) -> float | None:
         """The request's cost at the serving provider's (or the model creator's) catalog price."""
-        if usage is None or target is None:
+        if usage is None or deployment is None:
             return None
-        catalog_id = self.catalog_ids[target.provider]
-        cost = self.catalog.cost(target.model, catalog_id, usage)
-        if cost is None and group is not None and group in self.priced[target.provider]:
+        catalog_id = self.catalog_ids[deployment.provider]
+        cost = self.catalog.cost(deployment.model, catalog_id, usage)
+        if cost is None and group is not None and group in self.priced[deployment.provider]:
             cost = self.catalog.cost(group, catalog_id, usage)
         if cost and self.discounts:
             discount = self.discounts.get(model or "") or (self.discounts.get(group) if group else None)
@@ -49,12 +49,12 @@ class PricingTable:
                 cost *= discount[0]
         return cost
 
-    def estimate(self, target: Target, prompt_tokens: int, completion_tokens: int) -> float:
-        catalog_id = self.catalog_ids.get(target.provider)
+    def estimate(self, deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> float:
+        catalog_id = self.catalog_ids.get(deployment.provider)
         if catalog_id is None:
             return 0.0
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        return self.catalog.cost(target.model, catalog_id, usage) or 0.0
+        return self.catalog.cost(deployment.model, catalog_id, usage) or 0.0
 
 
 def build_pricing(providers: Mapping[str, ProviderRuntime], discounts: Mapping[str, tuple[float, float]],

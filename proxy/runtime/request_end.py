@@ -32,15 +32,15 @@ def model_label(ctx: RequestContext, known: frozenset[str]) -> str:
     for name in (ctx.model, ctx.requested_model):
         if name and name in known:
             return name
-    if ctx.target is not None and ctx.model and 200 <= ctx.status < 400:
+    if ctx.deployment is not None and ctx.model and 200 <= ctx.status < 400:
         return ctx.model  # provider/model the upstream actually served: bounded by what it serves
     return "unknown"
 
 
 def finish_request(ctx: RequestContext) -> None:
-    if ctx.deployment is not None:  # the serving deployment's in-flight count and latency
-        ctx.deployment.finish(ctx)
-    provider = ctx.target.provider if ctx.target is not None else "none"
+    if ctx.serving is not None:  # the serving deployment's in-flight count and latency
+        ctx.serving.finish(ctx)
+    provider = ctx.deployment.provider if ctx.deployment is not None else "none"
     log = runtime_of(ctx).request_log
     model = model_label(ctx, log.known_labels)
     seconds = ctx.latency_ms / 1000.0
@@ -62,7 +62,7 @@ def finish_request(ctx: RequestContext) -> None:
     if ctx.cost:
         labelled.cost += ctx.cost
 
-    target = ctx.target
+    target = ctx.deployment
     log.writer.submit(LogRow(
         ts=ctx.started_wall,
         request_id=ctx.request_id,

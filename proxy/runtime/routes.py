@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from llm_proxy.core.conditions import facts_from
 from llm_proxy.core.config import Config, DeploymentConfig, GroupConfig, RoutingConfig
-from llm_proxy.core.context import Target
+from llm_proxy.core.context import Deployment
 from llm_proxy.core.errors import ProxyError, not_found_model
 from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.parts import SelectorCall
@@ -34,7 +34,7 @@ _MODES = ("local", "cloud", "auto")
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
     settings: RoutingConfig
-    models: Mapping[str, tuple[Target, ...]]  # every deployment of a model, enabled or not, priority order
+    models: Mapping[str, tuple[Deployment, ...]]  # every deployment of a model, enabled or not, priority order
     aliases: Mapping[str, str]
     groups: GroupResolver
     group_configs: Mapping[str, GroupConfig]
@@ -42,12 +42,12 @@ class RoutingTable:
     deployment_rules: Mapping[str, list[DeploymentRule]]
     context_fallbacks: Mapping[str, str]
     learned: RoutingState
-    enabled: Mapping[str, tuple[Target, ...]]  # model -> its enabled deployments
+    enabled: Mapping[str, tuple[Deployment, ...]]  # model -> its enabled deployments
     provider_tags: Mapping[str, frozenset[str]]  # every provider: its tags (for a provider/model pin)
     disabled: Mapping[str, str]  # disabled provider -> why
     stepping: frozenset[str]  # models whose dispatch may add route steps
 
-    def targets(self, model: str, requested: str | None = None) -> list[Target]:
+    def targets(self, model: str, requested: str | None = None) -> list[Deployment]:
         """The enabled deployments of a concrete model (``provider/model`` pins one provider)."""
         enabled = self.enabled.get(model)
         if enabled:
@@ -57,17 +57,17 @@ class RoutingTable:
             tags = self.provider_tags.get(provider) if sep and rest else None
             if tags is None:
                 raise not_found_model(requested or model)
-            pinned = Target(provider, rest, tags=tags)
+            pinned = Deployment(provider, rest, tags=tags)
             if provider not in self.disabled:
                 return [pinned]
-            every: tuple[Target, ...] = (pinned,)
+            every: tuple[Deployment, ...] = (pinned,)
         else:
             every = self.models[model]
         reasons = "; ".join(f"{t.provider}: {self.disabled[t.provider]}" for t in every)
         raise ProxyError(503, f"No enabled provider serves `{model}` ({reasons}).", type="server_error",
                          code="provider_disabled")
 
-    def candidates(self, model: str, requested: str | None, tags_header: bytes | None) -> list[Target]:
+    def candidates(self, model: str, requested: str | None, tags_header: bytes | None) -> list[Deployment]:
         """The enabled deployments of ``model``, narrowed to the routing mode's tag (local/cloud)."""
         targets = self.targets(model, requested)
         mode = self.settings.mode
@@ -103,7 +103,7 @@ class RoutingTable:
         tags = self.provider_tags[provider]
         models, enabled = dict(self.models), dict(self.enabled)
         for name in names:
-            target = Target(provider, name, tags=tags)
+            target = Deployment(provider, name, tags=tags)
             models[name] = (*models.get(name, ()), target)
             enabled[name] = (*enabled.get(name, ()), target)
         return dataclasses.replace(self, models=models, enabled=enabled)
@@ -149,13 +149,13 @@ def build_routes(config: Config, providers: Mapping[str, ProviderRuntime], learn
     )
 
 
-def _deployments(config: Config, providers: Mapping[str, ProviderRuntime]) -> dict[str, tuple[Target, ...]]:
+def _deployments(config: Config, providers: Mapping[str, ProviderRuntime]) -> dict[str, tuple[Deployment, ...]]:
     """Model name -> its deployments: a ``models:`` entry's list, else every provider listing it."""
-    models: dict[str, list[Target]] = {}
+    models: dict[str, list[Deployment]] = {}
 
-    def target(p: ProviderRuntime, model: str, dep: DeploymentConfig | None = None) -> Target:
+    def target(p: ProviderRuntime, model: str, dep: DeploymentConfig | None = None) -> Deployment:
         cfg = p.config
-        return Target(
+        return Deployment(
             p.name, model,
             weight=dep.weight if dep is not None and dep.weight is not None else cfg.weight,
             priority=dep.priority if dep is not None and dep.priority is not None else cfg.priority,

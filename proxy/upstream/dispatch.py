@@ -20,7 +20,7 @@ import orjson
 from starlette.types import Send
 
 from llm_proxy.core import metrics
-from llm_proxy.core.context import RequestContext, Target
+from llm_proxy.core.context import Deployment, RequestContext
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.providers.openai import CHAT_PATH
@@ -67,21 +67,21 @@ async def run_before(ctx: RequestContext) -> None:
 def forward_body(ctx: RequestContext) -> bytes:
     """The client's bytes, unless a layer changed the body or the upstream names the model otherwise."""
     body = ctx.body
-    assert body is not None and ctx.target is not None
-    if body.get("model") != ctx.target.model:
-        body["model"] = ctx.target.model
+    assert body is not None and ctx.deployment is not None
+    if body.get("model") != ctx.deployment.model:
+        body["model"] = ctx.deployment.model
         ctx.body_dirty = True
     return orjson.dumps(body) if ctx.body_dirty else ctx.raw_body
 
 
 async def send_chat(ctx: RequestContext) -> Upstream:
     """Send the chat-shaped body through the resilience pipeline (before-plugins run once)."""
-    ctx.target = ctx.candidates[0]
+    ctx.deployment = ctx.candidates[0]
     await run_before(ctx)
     return await pipeline.run(ctx, lambda target: _send_to(ctx, target))
 
 
-async def _send_to(ctx: RequestContext, target: Target) -> Upstream:
+async def _send_to(ctx: RequestContext, target: Deployment) -> Upstream:
     runtime = runtime_of(ctx)
     provider = runtime.upstreams.providers[target.provider]
     wire = provider.wire
@@ -168,7 +168,7 @@ async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
 async def complete_chat(ctx: RequestContext) -> JSONObject:
     """A non-streaming chat completion as a dict, whatever the provider's format."""
     up = await send_chat(ctx)
-    translated = up.provider.wire.parse_chat(up.data, ctx.target.model if ctx.target else "")
+    translated = up.provider.wire.parse_chat(up.data, ctx.deployment.model if ctx.deployment else "")
     ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
     return translated.response
 

@@ -294,7 +294,7 @@ async def relay_surface(ctx: RequestContext, up: Upstream, send: Send, stream: S
     events, then every upstream chunk decoded to chat and re-encoded by ``stream``."""
     await send({"type": "http.response.start", "status": 200, "headers": [_SSE]})
     await send({"type": "http.response.body", "body": stream.start(), "more_body": True})
-    decoder = up.provider.wire.stream_decoder(ctx.target.model if ctx.target is not None else "")
+    decoder = up.provider.wire.stream_decoder(ctx.deployment.model if ctx.deployment is not None else "")
     relay = ChunkRelay(ctx, decoder, SurfaceEncoder(stream, on_error))
     await relay_stream(ctx, up, send, relay)
 
