@@ -46,12 +46,19 @@ def _serve(args: argparse.Namespace) -> int:
         )
         host = "127.0.0.1"
     logger.info("llm-proxy listening on http://%s:%d (config %s)", host, port, source)
+    # X-Forwarded-For/-Proto only from the configured proxies: uvicorn's default trusts 127.0.0.1,
+    # which lets anything on the host (or a proxy that passes the header on) choose its address
+    proxies = list(config.server.forwarded_allow_ips)
+    if proxies:
+        logger.info("trusting X-Forwarded-For and X-Forwarded-Proto from %s", ", ".join(proxies))
     uvicorn.run(
         app,
         host=host,
         port=port,
         log_level=config.server.log_level,
         access_log=config.server.access_log,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
         timeout_graceful_shutdown=30,
     )
     return 0

@@ -14,6 +14,7 @@ same list, so one run still reports everything (``llm_proxy.routing.validation``
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -71,11 +72,16 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """``forwarded_allow_ips``: the proxies whose ``X-Forwarded-For``/``-Proto`` ``llm-proxy serve``
+    believes (addresses, networks, or ``*``); none by default, so a client cannot pick the address
+    login throttling counts."""
+
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
     max_body_mb: float = 32.0
+    forwarded_allow_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +566,8 @@ def check_values(config: Config, errors: list[str]) -> None:
     server = config.server
     if isinstance(server, ServerConfig) and _is_number(server.port) and server.port > 65535:
         add("server.port", "must be at most 65535")
+    if isinstance(server, ServerConfig) and isinstance(server.forwarded_allow_ips, tuple):
+        _check_proxies(server.forwarded_allow_ips, add)
     for name, p in config.providers.items():
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
             add(f"providers.{name}", "provider names use lowercase letters, digits, '-', '_' or '.'")
@@ -594,6 +602,25 @@ def check_values(config: Config, errors: list[str]) -> None:
                 break
             seen.append(target)
             target = aliases[target]
+
+
+def _check_proxies(entries: tuple[str, ...], add: Callable[[str, str], None]) -> None:
+    """Entries as uvicorn reads them: it silently ignores one it cannot parse (``10.0.0.1/8``)."""
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            continue
+        if entry == "*":
+            if len(entries) > 1:
+                add(f"server.forwarded_allow_ips[{i}]", "'*' (trust every peer) must be the only entry")
+            continue
+        try:
+            if "/" in entry:
+                ipaddress.ip_network(entry)
+            else:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            add(f"server.forwarded_allow_ips[{i}]",
+                f"expected an IP address, a network such as 10.0.0.0/8, or '*', got {_describe(entry)}")
 
 
 def _check_models(config: Config, add: Callable[[str, str], None]) -> None:
