@@ -4,7 +4,9 @@ API's way of knowing the caller (the master key as a bearer token, or a session 
 The session cookie is HttpOnly, SameSite=Strict, Secure over https, scoped to the admin
 API's path, and lives ``SESSION_MAX_AGE`` (12 h) from login. Login starts a new session
 (the one the request came with, if any, ends); a password change ends every session of the
-user and starts a new one. Failed logins are throttled (``LoginThrottle``).
+user and starts a new one. Failed logins are throttled (``LoginThrottle``: a growing backoff per
+user name, a window per client address — the address the server vouches for, see
+``server.forwarded_allow_ips``).
 """
 
 from __future__ import annotations
@@ -58,13 +60,21 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _check_throttle(request: Request, username: str) -> LoginThrottle:
+def _refuse_if_waiting(request: Request, username: str) -> LoginThrottle:
+    """429 while the name or the address must wait."""
     throttle = _throttle(request)
     wait = throttle.retry_after(username, _address(request))
     if wait is not None:
         raise AdminError(429, f"Too many failed logins; try again in {wait} s.", "too_many_attempts",
                          "rate_limit_error", headers={"Retry-After": str(wait)})
-    throttle.attempt(username, _address(request))
+    return throttle
+
+
+def _check_throttle(request: Request, username: str, *, known: bool) -> LoginThrottle:
+    """429 while the name or the address must wait; else the attempt is counted, with no await in
+    between, so parallel attempts cannot all pass the check first."""
+    throttle = _refuse_if_waiting(request, username)
+    throttle.attempt(username, _address(request), known=known)
     return throttle
 
 
@@ -105,10 +115,13 @@ async def login(request: Request) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise AdminError(415, "Send the login as JSON (Content-Type: application/json).", "unsupported_media_type")
     username, password = _credentials(await read_json(request), "username", "password")
-    throttle = _check_throttle(request, username)
     users = store(request, UserStore)
+    _refuse_if_waiting(request, username)  # before any database work: a flood of refusals stays cheap
+    known = await in_thread(users.by_name, username) is not None  # which throttle table the name goes in
+    throttle = _check_throttle(request, username, known=known)
     user = await in_thread(users.authenticate, username, password)
     if user is None:
+        throttle.failed(username, _address(request), known=known)
         raise AdminError(401, "Invalid username or password.", "invalid_credentials", "authentication_error")
     throttle.succeeded(username, _address(request))
     if user.disabled:
@@ -146,12 +159,15 @@ async def change_password(request: Request) -> Response:
     if principal.user_id is None or principal.session_id is None:
         raise AdminError(400, "The master key has no password; log in as a user to change one.", "not_a_user")
     current, new = _credentials(await read_json(request), "current_password", "new_password")
-    throttle = _check_throttle(request, principal.name)  # a stolen session must not guess the password
+    # a stolen session must not guess the password
+    throttle = _check_throttle(request, principal.name, known=True)
     users, sessions = store(request, UserStore), store(request, SessionStore)
     try:
         user = await in_thread(users.change_password, principal.user_id, current, new)
     except AccountError as exc:
-        if exc.code != "wrong_password":
+        if exc.code == "wrong_password":
+            throttle.failed(principal.name, _address(request), known=True)
+        else:
             throttle.succeeded(principal.name, _address(request))
         raise admin_error(exc) from None
     throttle.succeeded(principal.name, _address(request))
