@@ -489,6 +489,9 @@ def test_parse_error_by_status(status: str, atype: str) -> None:
         e = parse_error(int(status), data)
         assert e.status == (503 if status == "529" else int(status))
         assert e.type == OPENAI_TYPE[atype]
-        assert e.code == (None if atype == e.type else atype)
+        if atype == "authentication_error":  # the key itself refused, in Anthropic's own word only
+            assert e.code == ("invalid_api_key" if data is body else None)
+        else:
+            assert e.code == (None if atype == e.type else atype)
     assert parse_error(int(status), body).message == "boom"
     assert "gateway" in parse_error(int(status), b"<html>gateway</html>").message

@@ -257,6 +257,9 @@ class WireFormat:
         raise NotImplementedError
 
     def parse_error(self, status: int, data: bytes) -> UpstreamError:
+        """The upstream's error in OpenAI terms. When the provider says the key itself is
+        refused (not merely this model or feature), the code is ``invalid_api_key``: the
+        pipeline rests a key for every model only on that."""
         raise NotImplementedError
 
     def upstream_error(self, provider: str, status: int, data: bytes, headers: Mapping[str, str]) -> ProxyError:

@@ -202,11 +202,17 @@ class StreamDecoder(_BaseDecoder):
 
 
 def parse_error(status: int, data: bytes | str | JSONObject) -> UpstreamError:
-    """Anthropic's ``{"type":"error","error":{"type","message"}}`` -> status and OpenAI error."""
+    """Anthropic's ``{"type":"error","error":{"type","message"}}`` -> status and OpenAI error.
+
+    Anthropic's own ``authentication_error`` (401: the key is malformed, revoked or expired, as
+    opposed to ``permission_error``, 403: this key may not use this resource) gets OpenAI's
+    ``invalid_api_key`` code, which is what tells the pipeline the key itself is refused; a bare
+    401 without Anthropic's envelope (from a proxy in between) does not."""
     obj = loads_or_none(data)
     err = obj.get("error") if obj is not None else None
     atype = err.get("type") if isinstance(err, dict) else None
     message = err.get("message") if isinstance(err, dict) else None
+    key_refused = atype == "authentication_error"
     if not atype:
         atype = ERROR_TYPE_BY_STATUS.get(status, "api_error" if status >= 500 else "invalid_request_error")
     if not message:
@@ -218,7 +224,7 @@ def parse_error(status: int, data: bytes | str | JSONObject) -> UpstreamError:
     # status that OpenAI SDKs, HTTP libraries and load balancers all treat as retryable.
     if status == 529:
         status = 503
-    return UpstreamError(status, e["message"], e["type"], e["code"])
+    return UpstreamError(status, e["message"], e["type"], "invalid_api_key" if key_refused else e["code"])
 
 
 class AnthropicFormat(WireFormat):

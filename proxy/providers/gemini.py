@@ -59,6 +59,7 @@ _FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", 
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(_FILTERED, "content_filter")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 429: "rate_limit_error"}
+_LEAKED = "API key was reported as leaked"
 # Gemini 3 rejects a replayed functionCall turn without the thoughtSignature it issued. OpenAI clients
 # cannot carry it, so the first call of each such turn gets Google's documented bypass value.
 _SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -366,6 +367,9 @@ def _error(err: JSONValue, status: int) -> UpstreamError:
     reasons = {d.get("reason") for d in err.get("details") or [] if isinstance(d, dict)}
     if status in (400, 401) and ("API_KEY_INVALID" in reasons or "API key not valid" in message):
         return UpstreamError(401, message, "authentication_error", "invalid_api_key")  # Gemini says 400
+    if (status == 401 and err.get("status") == "UNAUTHENTICATED") or (status == 403 and _LEAKED in message):
+        # the credentials themselves are refused (a blocked leaked key is a 403 PERMISSION_DENIED)
+        return UpstreamError(status, message, _ERROR_TYPES[status], "invalid_api_key")
     if (delay := retry_delay({"error": err})) is not None:  # UpstreamError has no header slot: say it here too
         message += f" (retry in {delay:g}s)"
     etype = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
@@ -374,7 +378,9 @@ def _error(err: JSONValue, status: int) -> UpstreamError:
 
 def parse_error(status: int, data: bytes | JSONObject) -> UpstreamError:
     """google.rpc.Status (in a one-element array from the JSON-array stream) → OpenAI shape.
-    The code is the Google status lowercased (``resource_exhausted``); a bad key becomes 401."""
+    The code is the Google status lowercased (``resource_exhausted``); a bad key becomes 401,
+    and a refused key (bad, unauthenticated, blocked as leaked) has the code ``invalid_api_key``,
+    while a 403 PERMISSION_DENIED (this key may not use this model) keeps ``permission_denied``."""
     obj = _error_object(data)
     if obj is not None and "error" in obj:
         return _error(obj["error"], status)
