@@ -193,7 +193,8 @@ class ModelConfig:
 class BreakerConfig:
     """Per deployment: open after ``failures`` failures (``transient_failures`` for 502/503/529
     overloads, which pass by themselves) within ``window`` seconds; probe after ``cooldown``,
-    doubling up to ``max_cooldown``; a 401/403 opens it for ``auth_cooldown``."""
+    doubling up to ``max_cooldown``; a refused key (401/403) rests for ``auth_cooldown``: the
+    key, the key for one model, or the deployment's breaker, as the refusal warrants."""
 
     failures: int = 5
     transient_failures: int = 10

@@ -5,9 +5,12 @@ closed → open after too many failures within a window; open → half-open once
 has passed, letting one probe through; the probe's success closes it, its failure reopens
 it with the cooldown doubled (up to ``max_cooldown``). Transient overloads (502/503/529)
 have a threshold of their own, higher by default: they pass by themselves. An
-authentication failure opens it at once for ``auth_cooldown``: a bad key will not fix
-itself. Rate limits, client errors and disconnects never count: they say nothing about
-the deployment. The clock is injectable for tests.
+``auth`` outcome opens it at once for ``auth_cooldown``: a refused key will not fix itself.
+The pipeline tells it so only for a single-key provider's 401/403 that it judged to be
+about this (key, model) pair (``pipeline._refusal``); a deployment is one model of one
+provider, so this never closes the provider's other models. Rate limits, client errors and
+disconnects never count: they say nothing about the deployment. The clock is injectable
+for tests.
 """
 
 from __future__ import annotations

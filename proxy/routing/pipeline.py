@@ -8,11 +8,12 @@ first byte) and gets back an open upstream answer or the error to return. In bet
    reopen first) and deployments at their declared capacity; a provider key is picked per
    attempt from its pool;
 3. each failure is classified: rate limit, overload, server error, timeout or connection
-   failure → the next deployment; authentication failure → that key or deployment rests
-   long, next deployment; context length exceeded → the model's ``context_fallback`` if it
-   has one; any other 4xx → returned as is;
+   failure → the next deployment; a refused key (401/403) → the next key, then the next
+   deployment, resting what the refusal is evidence against (``_refusal``: the key, the key
+   for this model, or nothing); context length exceeded → the model's ``context_fallback``
+   if it has one; any other 4xx → returned as is;
 4. when every deployment failed with something a retry may cure (not a timeout: that already
-   cost the client the whole wait, nor a refused key), another round follows
+   cost the client the whole wait, nor a refusal), another round follows
    after an exponential backoff with full jitter that honours ``Retry-After`` (a longer
    wait than ``max_retry_wait`` is not waited: the error goes back with its header);
 5. when nothing at all could be tried, a 503 with ``Retry-After`` says when to come back.
@@ -54,6 +55,9 @@ _CONTEXT_LENGTH = re.compile(
     re.IGNORECASE,
 )
 _MAX_FALLBACKS = 3
+# The code a wire format gives an upstream error that says the key itself is refused (OpenAI's
+# own; Anthropic's authentication_error and Gemini's API_KEY_INVALID are mapped to it).
+_KEY_REFUSED = "invalid_api_key"
 
 
 def classify(exc: ProxyError) -> tuple[str, str]:
@@ -208,16 +212,17 @@ class _Failed:
 
 
 async def _try(ctx: RequestContext, attempt: Attempt[U], target: Deployment, deployment: DeploymentState,
-               failed: _Failed, record: list[JSONObject]) -> U | _Failed:
-    """One deployment: its answer, or ``failed`` updated (anything not worth failing over is raised)."""
+               failed: _Failed, record: list[JSONObject], tried: int = 0) -> U | _Failed:
+    """One deployment: its answer, or ``failed`` updated (anything not worth failing over is raised).
+    ``tried`` is the bit mask of the provider's keys this request already sent here."""
     runtime = runtime_of(ctx)
     state = runtime.routes.learned
     provider = runtime.upstreams.providers[target.provider]
     pool = state.key_pool(provider.name, provider.api_keys) if len(provider.api_keys) > 1 else None
     if pool is not None:
-        key_index = pool.pick()
-        if key_index is None:  # every key of this provider is resting
-            failed.ready_in = min(failed.ready_in, pool.ready_at - state.clock())
+        key_index = pool.pick(target.model, tried)
+        if key_index is None:  # every key is resting for this model, or this request tried it
+            failed.ready_in = min(failed.ready_in, pool.ready_at(target.model) - state.clock())
             return failed
         ctx.key_index = key_index
     else:
@@ -234,12 +239,14 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Deployment, dep
     try:
         result = await attempt(target)
     except ProxyError as exc:
-        return await _on_failure(ctx, attempt, target, deployment, pool, exc, started, failed, record)
+        return await _on_failure(ctx, attempt, target, deployment, pool, exc, started, failed, record, tried)
     except BaseException:  # cancelled (the client left) or a bug: no verdict on the deployment
         deployment.end(None, None)
         deployment.breaker.release()
         raise
     deployment.breaker.record("ok")
+    if pool is not None:
+        pool.served(ctx.key_index, target.model)
     ctx.serving = deployment  # its in-flight count and latency are settled when the request ends
     if record:
         record.append(_entry(target, 200, "ok", started, None))
@@ -248,35 +255,68 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Deployment, dep
 
 async def _on_failure(ctx: RequestContext, attempt: Attempt[U], target: Deployment, deployment: DeploymentState,
                       pool: KeyPool | None, exc: ProxyError, started: float, failed: _Failed,
-                      record: list[JSONObject]) -> U | _Failed:
+                      record: list[JSONObject], tried: int = 0) -> U | _Failed:
     """Classify a failed attempt: rest its key, tell its breaker, record it, and say what next."""
-    runtime = runtime_of(ctx)
+    settings = runtime_of(ctx).config.routing
     deployment.end(None, None)
     kind, outcome = classify(exc)
     wait = retry_after(exc)
-    key_failed = pool is not None and kind in ("rate_limit", "auth")
-    if key_failed and pool is not None:  # this key's problem, not the deployment's: it rests, the next key goes now
-        settings = runtime.config.routing
-        pool.rest(ctx.key_index, settings.breaker.auth_cooldown if kind == "auth"
-                  else wait if wait is not None else settings.key_cooldown)
-        outcome = "neutral"
+    entry = _entry(target, exc.status, kind, started, exc.code or exc.type)
+    next_key = False  # this key's problem, not the deployment's: the same request goes on with the next key
+    if kind == "auth":
+        rest = _refusal(exc, pool, ctx.key_index, target.model, deployment, record)
+        entry["rested"] = rest or "none"
+        if pool is not None:
+            if rest == "key":
+                pool.rest(ctx.key_index, settings.breaker.auth_cooldown)
+            elif rest == "model":
+                pool.rest_model(ctx.key_index, target.model, settings.breaker.auth_cooldown)
+            outcome, next_key = "neutral", True
+        elif rest is None:
+            outcome = "neutral"
+        # else one key, rested for this model: the deployment's breaker opens, and it is that pair
+    elif kind == "rate_limit" and pool is not None:
+        pool.rest(ctx.key_index, wait if wait is not None else settings.key_cooldown)
+        next_key = True
     deployment.breaker.record(outcome)
-    record.append(_entry(target, exc.status, kind, started, exc.code or exc.type))
+    record.append(entry)
     ctx.metadata["attempts"] = record  # the log row shows every attempt once one failed
-    if key_failed and deployment.breaker.allow():
-        return await _try(ctx, attempt, target, deployment, failed, record)
     if kind == "context_length":
         raise _ContextTooLong(exc) from None
     if kind == "client":
         raise exc
-    failed.error = exc
+    failed.error = exc  # what the client hears if no other key or deployment answers
     # Worth another round later: overloads, rate limits, server and connection errors. Not a
-    # bad key (it rests instead) nor a timeout: that already cost the client the whole wait.
-    if kind not in ("auth", "timeout") or key_failed:
+    # refusal (every key it could go to was tried just now) nor a timeout: that already cost
+    # the client the whole wait.
+    if kind not in ("auth", "timeout"):
         failed.retryable = True
     if wait is not None:
         failed.retry_after = wait if failed.retry_after is None else min(failed.retry_after, wait)
+    if next_key and deployment.breaker.allow():
+        return await _try(ctx, attempt, target, deployment, failed, record, tried | 1 << ctx.key_index)
     return failed
+
+
+def _refusal(exc: ProxyError, pool: KeyPool | None, index: int, model: str, deployment: DeploymentState,
+             record: list[JSONObject]) -> str | None:
+    """What a 401/403 is evidence against, and so what rests for ``auth_cooldown``:
+
+    * ``"key"`` (the key, for every model): the provider says the key itself is refused
+      (``invalid_api_key``), another key of the provider is still usable (the last working key
+      never rests for every model on one request), and this request has not already rested a
+      whole key (two keys refused by one request point at the request);
+    * ``None`` (nothing): the provider does not say so and this key has served this model
+      before, so the refusal is about something in the request (a feature the key may not use);
+    * ``"model"`` (this key for this model only) otherwise: a model the key may not use.
+
+    With one key, "served before" is the deployment's (one key, one model) having answered, and
+    resting the pair is opening the deployment's breaker."""
+    if exc.code == _KEY_REFUSED:
+        whole = pool is not None and pool.others_usable(index) and not any(e.get("rested") == "key" for e in record)
+        return "key" if whole else "model"
+    served = pool.has_served(index, model) if pool is not None else deployment.latency_ms is not None
+    return None if served else "model"
 
 
 def _requested_tokens(ctx: RequestContext) -> int:
