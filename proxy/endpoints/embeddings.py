@@ -2,8 +2,9 @@
 
 A format that serves embeddings as is (``Passthrough``: OpenAI-compatible servers) gets the
 client's bytes (model renamed if the target's name differs) and its bytes go back untouched;
-only the usage is read. Any other format translates them with its ``EmbeddingsCodec``.
-Never streamed.
+only the usage is read. Any other format translates them with its ``EmbeddingsCodec``; one
+with no embeddings, or that cannot express the request, is skipped for the next deployment
+(decided per attempt, so failover crosses formats). Never streamed.
 """
 
 from __future__ import annotations
@@ -74,10 +75,13 @@ async def _embed(ctx: RequestContext, target: Deployment) -> tuple[bytes, Usage 
         usage = _passthrough_usage(data, ctx)
         return data, usage, bool(ctx.metadata.get("usage_estimated"))
     if codec is None:
-        raise unsupported("Embeddings", provider)
-    texts = embed_texts(body, provider.wire.name)
-    fmt = encoding_format(body)
-    request = codec.build(body, target.model, texts, api_key=provider.api_key(ctx.key_index))
+        raise pipeline.CannotServe(unsupported("Embeddings", provider))
+    try:  # what this format cannot express (token arrays…) another deployment may take as it is
+        texts = embed_texts(body, provider.wire.name)
+        fmt = encoding_format(body)
+        request = codec.build(body, target.model, texts, api_key=provider.api_key(ctx.key_index))
+    except ProxyError as exc:
+        raise pipeline.CannotServe(exc) from None
     data = await call(ctx, provider, request.path, request.body, request.headers)
     answer = codec.parse(data, target.model, texts, fmt, provider.name)
     return orjson.dumps(answer.response), answer.usage, answer.estimated

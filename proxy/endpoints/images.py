@@ -3,7 +3,9 @@
 A format that serves images as is (``Passthrough``: OpenAI-compatible servers) gets the
 client's bytes and its answer goes back untouched (a ``stream: true`` request, which
 gpt-image models accept, is relayed byte for byte). A format with an ``ImagesCodec`` (Gemini
-Imagen) is translated and never streamed. Other formats cannot generate images here.
+Imagen) is translated and never streamed. Other formats cannot generate images here. A
+deployment that cannot serve the request (no images, a stream to Imagen) is skipped for the
+next one, decided per attempt, so failover crosses formats.
 
 Cost: the serving provider's ``prices.<model>.per_image`` times the images returned, set
 here; without it, token usage the upstream reported (gpt-image) is priced by the catalog
@@ -16,7 +18,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from llm_proxy.core.context import SCOPE_KEY, Deployment, RequestContext, Usage
-from llm_proxy.core.errors import bad_request, send_json
+from llm_proxy.core.errors import ProxyError, bad_request, send_json
 from llm_proxy.core.wire import Chunk, Passthrough, StreamDecoder
 from llm_proxy.endpoints.embeddings import call, unsupported
 from llm_proxy.providers.openai import image_result
@@ -68,8 +70,11 @@ async def _generate(ctx: RequestContext, target: Deployment) -> tuple[bytes, int
         return data, images, usage
     reason = codec.unsupported(target.model) if codec is not None else None
     if codec is None or reason is not None:
-        raise unsupported("Image generation" + (f" {reason}" if reason else ""), provider)
-    request = codec.build(body, target.model, api_key=provider.api_key(ctx.key_index))
+        raise pipeline.CannotServe(unsupported("Image generation" + (f" {reason}" if reason else ""), provider))
+    try:
+        request = codec.build(body, target.model, api_key=provider.api_key(ctx.key_index))
+    except ProxyError as exc:  # a parameter this format cannot express: another deployment may
+        raise pipeline.CannotServe(exc) from None
     data = await call(ctx, provider, request.path, request.body, request.headers)
     response = codec.parse(data, body.get("response_format"), provider.name)
     return orjson.dumps(response), len(response["data"]), None
@@ -80,8 +85,8 @@ async def _open_stream(ctx: RequestContext, target: Deployment) -> Upstream:
     provider = runtime_of(ctx).upstreams.providers[target.provider]
     codec = provider.wire.images
     if not isinstance(codec, Passthrough):
-        raise bad_request(f"stream is not supported for image generation with provider '{provider.name}'",
-                          param="stream")
+        raise pipeline.CannotServe(bad_request(
+            f"stream is not supported for image generation with provider '{provider.name}'", param="stream"))
     return await send_native(ctx, provider, codec.path, forward_body(ctx), {})
 
 

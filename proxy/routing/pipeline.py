@@ -11,7 +11,10 @@ first byte) and gets back an open upstream answer or the error to return. In bet
    failure → the next deployment; a refused key (401/403) → the next key, then the next
    deployment, resting what the refusal is evidence against (``_refusal``: the key, the key
    for this model, or nothing); context length exceeded → the model's ``context_fallback``
-   if it has one; any other 4xx → returned as is;
+   if it has one; any other 4xx → returned as is. An attempt that raises ``CannotServe`` (its
+   deployment's format cannot carry this request: no embeddings, a field it cannot
+   express) is skipped with no verdict on the deployment; its error is the answer only
+   when nothing else was tried;
 4. when every deployment failed with something a retry may cure (not a timeout: that already
    cost the client the whole wait, nor a refusal), another round follows
    after an exponential backoff with full jitter that honours ``Retry-After`` (a longer
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from llm_proxy.routing.key_pool import KeyPool
     from llm_proxy.routing.learned import DeploymentState
 
-__all__ = ["classify", "retry_after", "run"]
+__all__ = ["CannotServe", "classify", "retry_after", "run"]
 
 U = TypeVar("U")
 Attempt = Callable[["Deployment"], Awaitable[U]]
@@ -58,6 +61,16 @@ _MAX_FALLBACKS = 3
 # The code a wire format gives an upstream error that says the key itself is refused (OpenAI's
 # own; Anthropic's authentication_error and Gemini's API_KEY_INVALID are mapped to it).
 _KEY_REFUSED = "invalid_api_key"
+
+
+class CannotServe(Exception):
+    """Raised by an attempt before anything is sent: this deployment's wire format cannot
+    serve the request (the surface, a capability or a field it lacks), so the pipeline
+    moves on to the next one. ``error`` is what the client gets if no deployment could."""
+
+    def __init__(self, error: ProxyError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def classify(exc: ProxyError) -> tuple[str, str]:
@@ -105,7 +118,10 @@ async def run(ctx: RequestContext, attempt: Attempt[U]) -> U:
     settings = runtime.config.routing
     if not settings.enabled:  # routing off: the first deployment, as it is
         ctx.deployment = ctx.candidates[0]
-        return await attempt(ctx.deployment)
+        try:
+            return await attempt(ctx.deployment)
+        except CannotServe as skip:
+            raise skip.error from None
     for _ in range(_MAX_FALLBACKS + 1):
         try:
             return await _rounds(ctx, attempt)
@@ -151,6 +167,10 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
         except ProxyError as exc:
             await _on_failure(ctx, attempt, first, head, None, exc, started, failed, record)
             tried = first
+        except CannotServe as skip:
+            head.end(None, None)
+            _skipped(ctx, first, skip.error, started, failed, record)
+            tried = first
         except BaseException:  # cancelled (the client left) or a bug: no verdict on the deployment
             head.end(None, None)
             raise
@@ -184,6 +204,8 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
         if failed.error is None:  # nothing could be tried at all
             if failure is not None:
                 raise failure
+            if failed.skipped is not None and failed.ready_in == float("inf"):
+                raise failed.skipped  # no deployment of this model can serve the request at all
             raise _unavailable(ctx, failed.ready_in)
         failure = failed.error
         if not failed.retryable or round_ == settings.retries:
@@ -202,10 +224,11 @@ async def _rounds(ctx: RequestContext, attempt: Attempt[U]) -> U:
 class _Failed:
     """What one round over the deployments learned, when none of them answered."""
 
-    __slots__ = ("error", "retryable", "retry_after", "ready_in")
+    __slots__ = ("error", "retryable", "retry_after", "ready_in", "skipped")
 
     def __init__(self) -> None:
         self.error: ProxyError | None = None
+        self.skipped: ProxyError | None = None  # the first reason a deployment could not take the request
         self.retryable = False  # a later round might succeed
         self.retry_after: float | None = None  # the shortest Retry-After any deployment asked for
         self.ready_in = float("inf")  # when something skipped becomes tryable, if nothing was tried
@@ -240,6 +263,11 @@ async def _try(ctx: RequestContext, attempt: Attempt[U], target: Deployment, dep
         result = await attempt(target)
     except ProxyError as exc:
         return await _on_failure(ctx, attempt, target, deployment, pool, exc, started, failed, record, tried)
+    except CannotServe as skip:
+        deployment.end(None, None)
+        deployment.breaker.release()
+        _skipped(ctx, target, skip.error, started, failed, record)
+        return failed
     except BaseException:  # cancelled (the client left) or a bug: no verdict on the deployment
         deployment.end(None, None)
         deployment.breaker.release()
@@ -317,6 +345,15 @@ def _refusal(exc: ProxyError, pool: KeyPool | None, index: int, model: str, depl
         return "key" if whole else "model"
     served = pool.has_served(index, model) if pool is not None else deployment.latency_ms is not None
     return None if served else "model"
+
+
+def _skipped(ctx: RequestContext, target: Deployment, error: ProxyError, started: float, failed: _Failed,
+             record: list[JSONObject]) -> None:
+    """A deployment passed over unasked: recorded, so the log row says why it did not answer."""
+    record.append(_entry(target, error.status, "skipped", started, error.code or error.type))
+    ctx.metadata["attempts"] = record
+    if failed.skipped is None:
+        failed.skipped = error
 
 
 def _requested_tokens(ctx: RequestContext) -> int:

@@ -29,7 +29,17 @@ from llm_proxy.runtime.provider import ProviderRuntime
 from llm_proxy.runtime.snapshot import runtime_of
 from llm_proxy.upstream.exchange import open_upstream, transport_error
 
-__all__ = ["Upstream", "complete_chat", "forward_body", "run_before", "send_chat", "send_native", "with_plugins"]
+__all__ = [
+    "Upstream",
+    "chat_answer",
+    "complete_chat",
+    "forward_body",
+    "run_before",
+    "send_chat",
+    "send_chat_to",
+    "send_native",
+    "with_plugins",
+]
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -78,10 +88,14 @@ async def send_chat(ctx: RequestContext) -> Upstream:
     """Send the chat-shaped body through the resilience pipeline (before-plugins run once)."""
     ctx.deployment = ctx.candidates[0]
     await run_before(ctx)
-    return await pipeline.run(ctx, lambda target: _send_to(ctx, target))
+    return await pipeline.run(ctx, lambda target: send_chat_to(ctx, target))
 
 
-async def _send_to(ctx: RequestContext, target: Deployment) -> Upstream:
+async def send_chat_to(ctx: RequestContext, target: Deployment) -> Upstream:
+    """One attempt: the chat-shaped body to ``target``, as the client's bytes or built by its format.
+
+    A body the format cannot express (``build_chat`` refuses it with a 4xx) is not the
+    client's fault while another deployment may take it as it is: ``CannotServe``."""
     runtime = runtime_of(ctx)
     provider = runtime.upstreams.providers[target.provider]
     wire = provider.wire
@@ -93,10 +107,15 @@ async def _send_to(ctx: RequestContext, target: Deployment) -> Upstream:
         if wire.needs_inline_images and fetcher is not None:
             await fetcher.inline_images(ctx.body)
         limits = runtime.pricing.catalog.limits(target.model, provider.catalog_id)
-        call = wire.build_chat(
-            ctx.body, target.model, api_key=provider.api_key(ctx.key_index), stream=ctx.stream,
-            max_output_tokens=limits[1] if limits else None,
-        )
+        try:
+            call = wire.build_chat(
+                ctx.body, target.model, api_key=provider.api_key(ctx.key_index), stream=ctx.stream,
+                max_output_tokens=limits[1] if limits else None,
+            )
+        except ProxyError as exc:
+            if exc.status >= 500:
+                raise
+            raise pipeline.CannotServe(exc) from None
         path, body, extra = call.path, call.body, call.headers
     return await _send(ctx, provider, path, body, extra)
 
@@ -167,7 +186,11 @@ async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
 
 async def complete_chat(ctx: RequestContext) -> JSONObject:
     """A non-streaming chat completion as a dict, whatever the provider's format."""
-    up = await send_chat(ctx)
+    return chat_answer(ctx, await send_chat(ctx))
+
+
+def chat_answer(ctx: RequestContext, up: Upstream) -> JSONObject:
+    """A read (non-streaming) chat answer as an OpenAI dict, metered, whatever its format."""
     translated = up.provider.wire.parse_chat(up.data, ctx.deployment.model if ctx.deployment else "")
     ctx.usage, ctx.finish_reason = translated.usage, translated.finish_reason
     return translated.response
