@@ -1,9 +1,10 @@
 """``POST /v1/messages`` (Anthropic Messages API) and ``/v1/messages/count_tokens``.
 
-When the routed provider's format passes Messages through (Anthropic), the client's bytes go
-up and Anthropic's come back, read only for metering — thinking signatures, cache control and
-beta features survive. Any other provider is reached through chat (``endpoints.translated``),
-so a Claude-Code-style client works against OpenAI, Gemini, DeepSeek or Ollama models.
+When the deployment tried passes Messages through (Anthropic), the client's bytes go up and
+Anthropic's come back, read only for metering — thinking signatures, cache control and beta
+features survive. Any other is reached through chat (``endpoints.translated``), so a
+Claude-Code-style client works against OpenAI, Gemini, DeepSeek or Ollama models, and a
+request fails over between the two kinds, decided per attempt.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ class _Messages:
 
     surface = SURFACE
     path = "/v1/messages"
-    one_family = True  # fail over within one wire family: Anthropic's own API, or everything via chat
 
     def __init__(self, scope: Scope, ctx: RequestContext) -> None:
         self._scope = scope

@@ -1,9 +1,10 @@
 """``POST /v1/responses`` (OpenAI Responses API).
 
-A provider whose format passes Responses through (OpenAI with ``responses_api: true``) gets
-the client's bytes and its answer is relayed as is, read only for metering. Every other
-provider is reached through chat (``endpoints.translated``): the request is translated to
-chat, served like a chat completion, and the answer or event stream translated back.
+A deployment whose format passes Responses through (OpenAI with ``responses_api: true``) gets
+the client's bytes and its answer is relayed as is, read only for metering. Every other is
+reached through chat (``endpoints.translated``): the request is translated to chat, served
+like a chat completion, and the answer or event stream translated back. Which of the two a
+deployment gets is decided per attempt, so failover crosses between them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class _Responses:
 
     surface = "responses"
     path = "/responses"
-    one_family = False  # served through chat, any candidate will do
 
     def __init__(self, ctx: RequestContext) -> None:
         self._request = ctx.body or {}
