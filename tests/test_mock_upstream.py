@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -310,3 +314,67 @@ def test_stop_cuts_a_running_stream_quickly() -> None:
     assert stopped_in < 1.5
     assert [type(e) for e in errors] == [httpx.RemoteProtocolError]
     assert (upstream.streams_cut, upstream.streams_completed, upstream.streams_aborted_by_client) == (1, 0, 0)
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def _open_stream(port: int, text: str) -> socket.socket:
+    """A raw HTTP/1.1 stream request on a socket with a small receive buffer (a slow reader)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    body = json.dumps(chat(text, stream=True)).encode()
+    head = f"POST /v1{CHAT} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    sock.sendall(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def test_a_long_stream_to_slow_readers_keeps_the_mock_small(tmp_path: Path) -> None:
+    # 150,000 chunks of ~225 bytes: ~34 MB per stream. Held whole, four of them were ~200 MB.
+    log = (tmp_path / "mock.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_proxy.testing.mock_upstream", "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )
+    sockets: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 15
+        port: int | None = None
+        while port is None:
+            found = re.search(r"Mock upstream on http://127\.0\.0\.1:(\d+)/v1", (tmp_path / "mock.log").read_text())
+            if found:
+                port = int(found[1])
+            else:
+                assert proc.poll() is None and time.monotonic() < deadline, "the mock did not start"
+                time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=5) as http:  # warm up
+            assert http.post(CHAT, json=chat(stream=True)).text.endswith("data: [DONE]\n\n")
+        baseline = _rss_kb(proc.pid)
+
+        sockets = [_open_stream(port, "#mock chunks=150000") for _ in range(4)]
+        received = [0] * len(sockets)
+        peak = baseline
+        ends = time.monotonic() + 2.0
+        while time.monotonic() < ends:  # 4 KiB per reader every 20 ms: far slower than the mock writes
+            for i, sock in enumerate(sockets):
+                received[i] += len(sock.recv(4096))
+            peak = max(peak, _rss_kb(proc.pid))
+            time.sleep(0.02)
+
+        assert all(n > 50_000 for n in received), received  # every stream is flowing
+        grown_mb = (peak - baseline) / 1024
+        assert grown_mb < 25, f"the mock grew by {grown_mb:.0f} MB serving 4 slow streams"
+    finally:
+        for sock in sockets:
+            sock.close()
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()

@@ -3,13 +3,18 @@
 Kept apart from the server (``mock_upstream``) so the wire shapes can be read and
 checked without thinking about threads or disconnects. The rules are documented in
 ``mock_upstream``, the module tests import.
+
+A stream's frames are generated one at a time as the server sends them, never held as a
+list: a ``chunks=200000`` stream (tens of MB) to a slow reader costs the mock only the frame
+in hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -104,9 +109,13 @@ def prompt_tokens(messages: JSONArray) -> int:
     return sum(3 + len(_message_text(m).split()) for m in messages)
 
 
+def _pieces(n: int) -> Iterator[str]:
+    return (_CONTENT_WORDS[i] if i < len(_CONTENT_WORDS) else f" more{i}" for i in range(n))
+
+
 def content_pieces(n: int) -> list[str]:
     """The ``n`` streamed content pieces; joined, they are the non-stream content."""
-    return [_CONTENT_WORDS[i] if i < len(_CONTENT_WORDS) else f" more{i}" for i in range(n)]
+    return list(_pieces(n))
 
 
 def parse_options(body: object, defaults: Options) -> Options:
@@ -180,7 +189,7 @@ class Reply:
 
     completion_id: str
     model: str
-    content: list[str]
+    pieces: int  # content pieces (``content_pieces``), generated when sent; 0 for a tool call
     reasoning: list[str]
     tool_name: str | None
     prompt_tokens: int
@@ -193,7 +202,7 @@ class Reply:
         return "tool_calls" if self.tool_name else "stop"
 
     def usage(self) -> JSONObject:
-        main = len(_TOOL_ARGUMENT_FRAGMENTS) if self.tool_name else len(self.content)
+        main = len(_TOOL_ARGUMENT_FRAGMENTS) if self.tool_name else self.pieces
         completion = main + len(self.reasoning)
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -206,7 +215,7 @@ class Reply:
     def completion_body(self) -> bytes:
         message: JSONObject = {
             "role": "assistant",
-            "content": None if self.tool_name else "".join(self.content),
+            "content": None if self.tool_name else "".join(_pieces(self.pieces)),
         }
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
@@ -220,21 +229,28 @@ class Reply:
         """The role chunk; content is null for a tool call, as OpenAI sends it."""
         return self._chunk({"role": "assistant", "content": None if self.tool_name else ""})
 
-    def stream_pieces(self) -> list[bytes]:
-        """Reasoning deltas, then content deltas (or the tool-call header and argument fragments)."""
-        frames = [self._chunk({"content": None, "reasoning_content": r}) for r in self.reasoning]
+    def stream_pieces(self) -> Iterator[bytes]:
+        """Reasoning deltas, then content deltas (or the tool-call header and argument fragments),
+        each frame made when it is asked for."""
+        for r in self.reasoning:
+            yield self._chunk({"content": None, "reasoning_content": r})
         if not self.tool_name:
-            return frames + [self._chunk({"content": c}) for c in self.content]
+            for c in _pieces(self.pieces):
+                yield self._chunk({"content": c})
+            return
         function = {"name": self.tool_name, "arguments": ""}
-        frames.append(
-            self._chunk(
-                {"tool_calls": [{"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": function}]}
-            )
+        yield self._chunk(
+            {"tool_calls": [{"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": function}]}
         )
-        return frames + [
-            self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": a}}]})
-            for a in _TOOL_ARGUMENT_FRAGMENTS
-        ]
+        for a in _TOOL_ARGUMENT_FRAGMENTS:
+            yield self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": a}}]})
+
+    def stream_frames(self, end: int | None) -> Iterator[bytes]:
+        """What follows the role chunk: every piece and the tail, or only the first ``end`` pieces
+        (a stream that is cut or ends with an error event after them)."""
+        if end is not None:
+            return itertools.islice(self.stream_pieces(), end)
+        return itertools.chain(self.stream_pieces(), self.stream_tail())
 
     def stream_tail(self) -> list[bytes]:
         """Finish chunk, the usage chunk only when asked for, then ``[DONE]``."""
@@ -276,7 +292,7 @@ def build_reply(payload: JSONObject, number: int, options: Options) -> Reply:
     return Reply(
         completion_id=f"chatcmpl-mock{number}",
         model=model,
-        content=[] if tool_name else content_pieces(options.chunks),
+        pieces=0 if tool_name else options.chunks,
         reasoning=list(REASONING_PIECES) if "reasoner" in model else [],
         tool_name=tool_name,
         prompt_tokens=prompt,

@@ -40,6 +40,11 @@ seen first; also counted in ``requests_aborted_by_client``) or ``streams_cut`` (
 error_event_after, stop()); ``in_flight`` is live. The counters move on the server's
 thread, hence ``wait_for``. An abort is only seen while the mock is still working, so a
 test that leaves a stream half-way should give it ``chunk_ms``.
+
+Memory: a stream is generated frame by frame as it is sent, and ``send`` waits while the
+client is not reading (uvicorn's flow control), so a long stream (``chunks=200000``, tens
+of MB) to a slow reader holds one frame and the socket buffers, not the whole stream. A
+non-stream answer is one JSON body and is built whole.
 """
 
 from __future__ import annotations
@@ -388,14 +393,17 @@ class MockUpstream:
         await send({"type": "http.response.body", "body": reply.stream_head(), "more_body": True})
         ends = [n for n in (opts.cut_after, opts.error_event_after) if n is not None]
         end = min(ends) if ends else None
-        frames = (
-            reply.stream_pieces()[:end] if end is not None else reply.stream_pieces() + reply.stream_tail()
-        )
-        for index, frame in enumerate(frames):
+        # One frame ahead, to mark the last one; each is made only when the one before has been
+        # handed to uvicorn, whose send() waits while the client's socket buffer is full.
+        frames = reply.stream_frames(end)
+        frame = next(frames, None)
+        while frame is not None:
             if not await call.pause(opts.chunk_ms):
                 return await self._gave_up(call, True, send, rid, started=True)
-            last = end is None and index == len(frames) - 1
+            following = next(frames, None)
+            last = end is None and following is None
             await send({"type": "http.response.body", "body": frame, "more_body": not last})
+            frame = following
         if end is None:
             self.streams_completed += 1
             return
