@@ -67,7 +67,7 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             nonlocal response_started
             if message["type"] == "http.response.start":
-                response_started = True
+                response_started = ctx.response_started = True
                 if not ctx.status:
                     ctx.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]

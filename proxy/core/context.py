@@ -71,6 +71,7 @@ class RequestContext:
     usage: Usage | None = None
     cost: float | None = None
     upstream_request_id: str | None = None
+    response_started: bool = False  # set by the outermost layer as the response's head goes out
     disconnected: bool = False
 
     # timings (perf_counter seconds)
