@@ -6,7 +6,9 @@ can do; callers ask for a capability (``wire.needs_inline_images``, ``wire.embed
 never for a type string. Its chat capability:
 
 * ``build_chat(body, model, *, api_key, stream, max_output_tokens) -> UpstreamCall`` — an
-  OpenAI chat-completions body (a parsed dict) → the native request;
+  OpenAI chat-completions body (a parsed dict) → the native request; ``chat_shape`` declares
+  the JSON types of the fields it reads, checked by the caller before anything reads the body
+  (so a wrong type is a 400 naming the field, never a crash in the translator);
 * ``parse_chat(data, model) -> Translated`` — a native non-streaming answer → an OpenAI
   ``chat.completion`` dict plus usage and finish reason (``bad_upstream`` if unreadable);
 * ``stream_decoder(model) -> StreamDecoder`` — per-stream state turning raw upstream bytes
@@ -29,6 +31,7 @@ import orjson
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.core.jsontypes import JSONObject
+from llm_proxy.core.shapes import Shape
 from llm_proxy.core.sse import SSEDecoder, SSEEvent
 
 if TYPE_CHECKING:
@@ -234,6 +237,8 @@ class WireFormat:
     # The key rides in the provider's fixed headers (every request, pass-through included);
     # otherwise each call the format builds places it (``auth_headers``).
     static_auth: ClassVar[bool] = False
+    # The types of the chat fields ``build_chat`` reads; None only where chat passes through.
+    chat_shape: ClassVar[Shape | None] = None
     embeddings: ClassVar[EmbeddingsCodec | Passthrough | None] = None
     images: ClassVar[ImagesCodec | Passthrough | None] = None
     discovery: ClassVar[ModelDiscovery | None] = None
