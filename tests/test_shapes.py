@@ -10,6 +10,14 @@ import pytest
 
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.core.shapes import ARRAY, INTEGER, NUMBER, OBJECT, STRING, Shape
+from llm_proxy.inbound import anthropic_messages, responses
+from llm_proxy.providers import FORMATS
+
+
+def test_every_translating_format_and_surface_declares_the_shape_it_reads() -> None:
+    for fmt in FORMATS.values():
+        assert fmt.chat_passthrough or isinstance(fmt.chat_shape, Shape), fmt.name
+    assert isinstance(anthropic_messages.REQUEST_SHAPE, Shape) and isinstance(responses.REQUEST_SHAPE, Shape)
 
 SHAPE = Shape({"stop": STRING | ARRAY, "stop[]": STRING, "n": INTEGER, "t": NUMBER,
                "m": ARRAY, "m[]": OBJECT, "m[].c": STRING | ARRAY, "m[].c[]": OBJECT, "m[].c[].text": STRING,

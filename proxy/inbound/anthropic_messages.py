@@ -19,11 +19,13 @@ import orjson
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError, bad_request
 from llm_proxy.core.jsontypes import JSONObject, JSONValue
+from llm_proxy.core.shapes import ARRAY, BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, Shape
 from llm_proxy.core.wire import loads_or_none
 from llm_proxy.providers.anthropic import ERROR_TYPE_BY_STATUS
 from llm_proxy.providers.openai import usage_from
 
-__all__ = ["EventStream", "count_tokens", "error_body", "error_type", "from_chat", "message_id", "to_chat"]
+__all__ = ["REQUEST_SHAPE", "EventStream", "count_tokens", "error_body", "error_type", "from_chat", "message_id",
+           "to_chat"]
 
 # finish_reason -> stop_reason. A chat "stop" cannot tell a stop sequence from a natural end.
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -36,6 +38,51 @@ _RAW_ARGS = "_raw_arguments"  # tool input key keeping arguments that were not a
 _NOT_TEXT = frozenset({"type", "id", "tool_use_id", "role", "signature", "cache_control", "media_type"})
 _IMAGE_TOKENS = 1600  # count_tokens: Anthropic's cost of a large image; bytes say nothing useful
 
+# A content block's fields, whatever its type (text, image, document, tool_use, tool_result).
+_BLOCK = {
+    "type": STRING, "text": STRING, "id": STRING, "name": STRING, "input": OBJECT, "tool_use_id": STRING,
+    "is_error": BOOLEAN, "title": STRING, "source": OBJECT, "source.type": STRING, "source.data": STRING,
+    "source.media_type": STRING, "source.url": STRING,
+}
+# What ``to_chat`` reads, by JSON type, as Anthropic names fields in errors (``messages.0.content``).
+REQUEST_SHAPE = Shape({
+    "max_tokens": INTEGER,
+    "messages": ARRAY,
+    "messages[]": OBJECT,
+    "messages[].role": STRING,
+    "messages[].content": STRING | ARRAY,
+    "messages[].content[]": OBJECT,
+    **{f"messages[].content[].{k}": v for k, v in _BLOCK.items()},
+    "messages[].content[].content": STRING | ARRAY,  # a tool_result's
+    "messages[].content[].content[]": OBJECT,
+    **{f"messages[].content[].content[].{k}": v for k, v in _BLOCK.items()},
+    "system": STRING | ARRAY,
+    "system[]": OBJECT,
+    "system[].type": STRING,
+    "system[].text": STRING,
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "stop_sequences": ARRAY,
+    "stop_sequences[]": STRING,
+    "tools": ARRAY,
+    "tools[]": OBJECT,
+    "tools[].type": STRING,
+    "tools[].name": STRING,
+    "tools[].description": STRING,
+    "tools[].input_schema": OBJECT,
+    "tool_choice": OBJECT,
+    "tool_choice.type": STRING,
+    "tool_choice.name": STRING,
+    "tool_choice.disable_parallel_tool_use": BOOLEAN,
+    "thinking": OBJECT,
+    "thinking.type": STRING,
+    "thinking.budget_tokens": INTEGER,
+    "output_config": OBJECT,
+    "output_config.effort": STRING,
+    "metadata": OBJECT,
+    "metadata.user_id": STRING,
+}, indexes="dots")
+
 
 def to_chat(body: JSONObject, *, cache_control: bool = False) -> JSONObject:
     """An Anthropic Messages request -> an OpenAI chat request; ``bad_request`` if impossible.
@@ -45,6 +92,7 @@ def to_chat(body: JSONObject, *, cache_control: bool = False) -> JSONObject:
     """
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
+    REQUEST_SHAPE.check(body)
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise bad_request("max_tokens: Field required", param="max_tokens")
@@ -432,8 +480,8 @@ def _measure(node: JSONValue) -> tuple[int, int]:
         return sum(c for c, _ in counts), sum(m for _, m in counts)
     if not isinstance(node, dict):
         return 0, 0
-    kind = node.get("type")
-    if kind in ("image", "document") and (node.get("source") or {}).get("type") != "text":
+    kind, source = node.get("type"), node.get("source")
+    if kind in ("image", "document") and not (isinstance(source, dict) and source.get("type") == "text"):
         return 0, 1
     if kind == "tool_use" or "input_schema" in node:  # structured JSON is sent as JSON text
         return len(orjson.dumps({k: v for k, v in node.items() if k not in _NOT_TEXT})), 0

@@ -18,9 +18,10 @@ import orjson
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import bad_request
 from llm_proxy.core.jsontypes import JSONArray, JSONObject, JSONValue
+from llm_proxy.core.shapes import ARRAY, BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, Shape
 from llm_proxy.providers.openai import usage_from
 
-__all__ = ["EventStream", "from_chat", "to_chat"]
+__all__ = ["REQUEST_SHAPE", "EventStream", "from_chat", "to_chat"]
 
 _NO_STATE = ("previous_response_id needs stored response state, which this gateway does not keep; "
              "send the full input instead")
@@ -29,6 +30,50 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 # ResponseError.code values a generic failure may carry; anything else is reported as server_error.
 _ERROR_CODES = {"server_error", "rate_limit_exceeded", "invalid_prompt"}
+
+# A content part's fields, whatever its type (input_text, output_text, refusal, input_image).
+_PART = {"type": STRING, "text": STRING, "refusal": STRING, "image_url": STRING, "detail": STRING}
+# What ``to_chat`` reads, by JSON type.
+REQUEST_SHAPE = Shape({
+    "instructions": STRING,
+    "input": STRING | ARRAY,
+    "input[]": OBJECT,
+    "input[].type": STRING,
+    "input[].role": STRING,
+    "input[].content": STRING | ARRAY,
+    "input[].content[]": OBJECT,
+    **{f"input[].content[].{k}": v for k, v in _PART.items()},
+    "input[].call_id": STRING,
+    "input[].name": STRING,
+    "input[].arguments": STRING,
+    "input[].output": STRING | ARRAY,  # a function_call_output's
+    "input[].output[]": OBJECT,
+    **{f"input[].output[].{k}": v for k, v in _PART.items()},
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "parallel_tool_calls": BOOLEAN,
+    "user": STRING,
+    "max_output_tokens": INTEGER,
+    "tools": ARRAY,
+    "tools[]": OBJECT,
+    "tools[].type": STRING,
+    "tools[].name": STRING,
+    "tools[].description": STRING,
+    "tools[].parameters": OBJECT,
+    "tools[].strict": BOOLEAN,
+    "tool_choice": STRING | OBJECT,
+    "tool_choice.type": STRING,
+    "tool_choice.name": STRING,
+    "reasoning": OBJECT,
+    "reasoning.effort": STRING,
+    "text": OBJECT,
+    "text.format": OBJECT,
+    "text.format.type": STRING,
+    "text.format.name": STRING,
+    "text.format.description": STRING,
+    "text.format.schema": OBJECT,
+    "text.format.strict": BOOLEAN,
+})
 
 
 def _id(prefix: str) -> str:
@@ -48,6 +93,7 @@ def to_chat(body: JSONObject) -> JSONObject:
     """A Responses request -> a chat request; raises ``bad_request`` for what chat cannot express."""
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
+    REQUEST_SHAPE.check(body)
     for key in ("previous_response_id", "conversation"):
         if body.get(key):
             raise bad_request(_NO_STATE, param=key)

@@ -24,10 +24,17 @@ from llm_proxy.core.wire import (
     loads_or_none,
 )
 from llm_proxy.core.wire import StreamDecoder as _BaseDecoder
-from llm_proxy.providers.anthropic_request import API_VERSION, MESSAGES_PATH, auth_headers, build_request
+from llm_proxy.providers.anthropic_request import (
+    API_VERSION,
+    CHAT_SHAPE,
+    MESSAGES_PATH,
+    auth_headers,
+    build_request,
+)
 
 __all__ = [
     "API_VERSION",
+    "CHAT_SHAPE",
     "ERROR_TYPE_BY_STATUS",
     "FORMAT",
     "MESSAGES_PATH",
@@ -233,6 +240,7 @@ class AnthropicFormat(WireFormat):
     name = "anthropic"
     label = "Anthropic"
     passthrough_surface = "messages"
+    chat_shape = CHAT_SHAPE
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return auth_headers(api_key)

@@ -11,9 +11,10 @@ import orjson
 
 from llm_proxy.core.errors import bad_request
 from llm_proxy.core.jsontypes import JSONObject, JSONValue
+from llm_proxy.core.shapes import BOOLEAN, CHAT_REQUEST, OBJECT, STRING, Shape
 from llm_proxy.core.wire import UpstreamCall, rename_params
 
-__all__ = ["API_VERSION", "DEFAULT_MAX_TOKENS", "MESSAGES_PATH", "auth_headers", "build_request"]
+__all__ = ["API_VERSION", "CHAT_SHAPE", "DEFAULT_MAX_TOKENS", "MESSAGES_PATH", "auth_headers", "build_request"]
 
 MESSAGES_PATH = "/v1/messages"
 API_VERSION = "2023-06-01"
@@ -22,6 +23,14 @@ _RENAMES = {"temperature": "temperature", "top_p": "top_p"}
 # reasoning_effort -> thinking budget; 1024 is the smallest budget Anthropic accepts.
 _BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 _MIN_BUDGET = 1024
+# What ``build_request`` reads, by JSON type (checked before it runs: a wrong type is a 400, not a crash).
+CHAT_SHAPE = Shape({
+    **CHAT_REQUEST,
+    "messages[].tool_calls[].function.arguments": STRING | OBJECT,  # Anthropic's own form is an object
+    "messages[].content[].refusal": STRING,
+    "parallel_tool_calls": BOOLEAN,
+    "user": STRING,
+})
 
 
 def build_request(

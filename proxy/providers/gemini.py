@@ -20,6 +20,7 @@ from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import bad_request
 from llm_proxy.core.json_stream import JsonArraySplitter
 from llm_proxy.core.jsontypes import JSONObject, JSONValue
+from llm_proxy.core.shapes import CHAT_REQUEST, INTEGER, NUMBER, OBJECT, STRING, Shape
 from llm_proxy.core.sse import SSEEvent
 from llm_proxy.core.wire import (
     Chunk,
@@ -36,6 +37,7 @@ from llm_proxy.providers import gemini_media
 from llm_proxy.providers.gemini_media import model_path
 
 __all__ = [
+    "CHAT_SHAPE",
     "FORMAT",
     "GeminiFormat",
     "StreamDecoder",
@@ -60,6 +62,20 @@ _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"} | dict.fromkeys(_FILTERED, "c
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 429: "rate_limit_error"}
 _LEAKED = "API key was reported as leaked"
+# What ``build_request`` reads, by JSON type (checked before it runs: a wrong type is a 400, not a crash).
+CHAT_SHAPE = Shape({
+    **CHAT_REQUEST,
+    "messages[].content[].input_audio": OBJECT,
+    "messages[].content[].input_audio.format": STRING,
+    "messages[].content[].input_audio.data": STRING,
+    "seed": INTEGER,
+    "presence_penalty": NUMBER,
+    "frequency_penalty": NUMBER,
+    "response_format": OBJECT,
+    "response_format.type": STRING,
+    "response_format.json_schema": OBJECT,
+    "response_format.json_schema.schema": OBJECT,
+})
 # Gemini 3 rejects a replayed functionCall turn without the thoughtSignature it issued. OpenAI clients
 # cannot carry it, so the first call of each such turn gets Google's documented bypass value.
 _SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -160,7 +176,7 @@ def _user_parts(content: JSONValue) -> list[JSONObject]:
         if kind == "text":
             parts.append({"text": p.get("text") or ""})
         elif kind == "image_url":
-            url = p["image_url"] if isinstance(p.get("image_url"), str) else (p.get("image_url") or {}).get("url", "")
+            url = p["image_url"] if isinstance(p.get("image_url"), str) else (p.get("image_url") or {}).get("url") or ""
             if not url.startswith("data:"):
                 raise bad_request("remote image URLs are not supported for Gemini yet; send a data: URL",
                                   param="messages")
@@ -395,6 +411,7 @@ class GeminiFormat(WireFormat):
     name = "gemini"
     label = "Gemini"
     needs_inline_images = True
+    chat_shape = CHAT_SHAPE
     embeddings = gemini_media.EMBEDDINGS
     images = gemini_media.IMAGES
 

@@ -18,6 +18,7 @@ import orjson
 from llm_proxy.core.context import Usage
 from llm_proxy.core.errors import ProxyError, bad_request
 from llm_proxy.core.jsontypes import JSONObject, JSONValue
+from llm_proxy.core.shapes import CHAT_REQUEST, INTEGER, NUMBER, OBJECT, STRING, Shape
 from llm_proxy.core.vectors import dimensions, embedding_list, estimate_tokens, vectors
 from llm_proxy.core.wire import (
     Chunk,
@@ -35,6 +36,7 @@ from llm_proxy.core.wire import (
 from llm_proxy.core.wire import StreamDecoder as _BaseDecoder
 
 __all__ = [
+    "CHAT_SHAPE",
     "FORMAT",
     "OllamaEmbeddings",
     "OllamaFormat",
@@ -55,6 +57,19 @@ _OPTIONS = {
     "presence_penalty": "options.presence_penalty", "frequency_penalty": "options.frequency_penalty",
     "max_tokens": "options.num_predict", "max_completion_tokens": "options.num_predict",
 }
+# What ``build_request`` reads, by JSON type (checked before it runs: a wrong type is a 400, not a crash).
+CHAT_SHAPE = Shape({
+    **CHAT_REQUEST,
+    "messages[].tool_calls[].function.arguments": STRING | OBJECT,  # Ollama's own form is an object
+    "messages[].reasoning_content": STRING,
+    "seed": INTEGER,
+    "presence_penalty": NUMBER,
+    "frequency_penalty": NUMBER,
+    "response_format": OBJECT,
+    "response_format.type": STRING,
+    "response_format.json_schema": OBJECT,
+    "response_format.json_schema.schema": OBJECT,
+})
 _ROLES: dict[str | None, str] = {"developer": "system"}
 _TYPE_BY_STATUS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                    404: "not_found_error", 429: "rate_limit_error"}
@@ -82,7 +97,7 @@ def _content(content: JSONValue) -> tuple[str, list[str]]:
             texts.append(part.get("text") or "")
         elif kind == "image_url":
             image = part.get("image_url")
-            images.append(_image(image.get("url", "") if isinstance(image, dict) else str(image or "")))
+            images.append(_image(image.get("url") or "" if isinstance(image, dict) else str(image or "")))
         else:
             raise bad_request(f"content part type {kind!r} is not supported for Ollama", param="messages")
     return "\n".join(texts), images
@@ -345,6 +360,7 @@ class OllamaFormat(WireFormat):
     name = "ollama"
     label = "Ollama"
     needs_inline_images = True
+    chat_shape = CHAT_SHAPE
     embeddings = OllamaEmbeddings()
     discovery = ModelDiscovery("/api/tags", parse_tags)
 

@@ -103,6 +103,8 @@ async def send_chat_to(ctx: RequestContext, target: Deployment) -> Upstream:
         path, body, extra = CHAT_PATH, forward_body(ctx), None
     else:
         assert ctx.body is not None
+        if wire.chat_shape is not None:  # before anything reads the body, image inlining included
+            wire.chat_shape.check(ctx.body)
         fetcher = runtime.upstreams.image_fetcher
         if wire.needs_inline_images and fetcher is not None:
             await fetcher.inline_images(ctx.body)
