@@ -45,7 +45,8 @@ class EnglishSystemPrompt(Plugin):
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list):
             return
-        if any(isinstance(m, dict) and m.get("role") in _PROMPT_ROLES for m in messages):
+        if any(isinstance(m, dict) and isinstance(m.get("role"), str) and m["role"] in _PROMPT_ROLES
+               for m in messages):
             return
         messages.insert(0, {"role": "system", "content": self.text})
         ctx.body_dirty = True

@@ -69,7 +69,7 @@ def facts_from(body: JSONObject, header_tags: bytes | None) -> RequestFacts:
     tags.discard("")
 
     multimodal = any(
-        isinstance(p, dict) and p.get("type") not in _TEXT_PARTS
+        isinstance(p, dict) and isinstance(p.get("type"), str) and p["type"] not in _TEXT_PARTS
         for m in messages
         if isinstance(m.get("content"), list)
         for p in m["content"]
