@@ -1,15 +1,20 @@
 """Authenticates API requests by client key (``Authorization: Bearer``, ``x-api-key`` or ``api-key``).
 
 With no key configured at all, the gateway is not an open proxy: it serves loopback
-clients only (and the CLI binds 127.0.0.1). Keys are looked up in memory through the
-snapshot's key lookup part (config keys, then database keys), never logged, and never
-echoed back in an error. A revoked or unknown key is 401 ``invalid_api_key``; an expired
+clients only (and the CLI binds 127.0.0.1). Only a loopback IP address counts (127.0.0.0/8,
+``::1``, ``::ffff:127.x``), never a name such as ``localhost`` or Starlette's ``testclient``
+that some servers report; a request with no client address (a Unix socket) counts only
+with ``auth.trust_unix_socket``, since the socket's permissions then decide who connects.
+
+Keys are looked up in memory through the snapshot's key lookup part (config keys, then
+database keys), never logged, and never echoed back in an error. A revoked or unknown key is 401 ``invalid_api_key``; an expired
 one is 401 ``api_key_expired``. A key's tags go to ``ctx.metadata["tags"]``, hence to the
 request log.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,7 +24,7 @@ from llm_proxy.core.errors import ProxyError
 
 __all__ = ["AuthMiddleware"]
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost", "testclient"})
+_COMMON_LOOPBACK = frozenset({"127.0.0.1", "::1"})  # answered without parsing
 
 
 def _presented_key(scope: Scope) -> str | None:
@@ -35,9 +40,24 @@ def _presented_key(scope: Scope) -> str | None:
     return None
 
 
-def _is_loopback(scope: Scope) -> bool:
+def _is_loopback_address(host: str) -> bool:
+    """A loopback IP address (an IPv4 one mapped into IPv6 included); a host name is not one."""
+    if host in _COMMON_LOOPBACK:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def _is_local(scope: Scope, trust_unix_socket: bool) -> bool:
     client = scope.get("client")
-    return client is None or client[0] in _LOOPBACK or client[0].startswith("127.")
+    if client is None or not client[0]:  # no address: a Unix socket (or a server that does not say)
+        return trust_unix_socket
+    return _is_loopback_address(client[0])
 
 
 def _check_validity(identity: ClientIdentity) -> None:
@@ -61,7 +81,7 @@ class AuthMiddleware:
             return
         keys = ctx.runtime.keys
         if keys.open:
-            if not _is_loopback(scope):
+            if not _is_local(scope, keys.trust_unix_socket):
                 raise ProxyError(
                     401,
                     "This gateway has no client keys configured and only serves local clients.",

@@ -64,6 +64,7 @@ class KeyTable:
 
     table: Mapping[str, ClientIdentity]
     open: bool = False
+    trust_unix_socket: bool = False
 
     def lookup(self, key: str) -> ClientIdentity | None:
         return self.table.get(key)

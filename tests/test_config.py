@@ -308,6 +308,7 @@ def test_config_error_message_lists_every_error() -> None:
         ({"server": {"max_body_mb": "big"}}, "server.max_body_mb", "expected a number"),
         ({"server": "0.0.0.0"}, "server", "expected a mapping"),
         ({"server": {"access_log": "yes please"}}, "server.access_log", "true or false"),
+        ({"auth": {"trust_unix_socket": "yes"}}, "auth.trust_unix_socket", "true or false"),
         ({"providers": {"p": {"base_url": "http://x", "timeouts": {"write": -1}}}},
          "providers.p.timeouts.write", "must not be negative"),
         ({"providers": {"p": {"base_url": "http://x", "timeouts": {"connect": 0}}}},

@@ -79,16 +79,36 @@ async def test_a_wrong_key_is_401_invalid_api_key_and_never_echoed() -> None:
     assert MASTER.encode() not in error.body() and TEAM.encode() not in error.body()
 
 
-@pytest.mark.parametrize("client", [("127.0.0.1", 1), ("127.8.9.10", 1), ("::1", 1), None])
-async def test_without_any_key_loopback_clients_are_served(client: tuple[str, int] | None) -> None:
+@pytest.mark.parametrize("client", [("127.0.0.1", 1), ("127.8.9.10", 1), ("::1", 1), ("::ffff:127.0.0.1", 1),
+                                    ("::ffff:127.9.0.1", 1)])
+async def test_without_any_key_loopback_clients_are_served(client: tuple[str, int]) -> None:
     app = await authenticate(OPEN, {}, client=client)
     assert app.ctx.client is None
 
 
-@pytest.mark.parametrize("client", [("203.0.113.9", 1), ("10.0.0.5", 1), ("::ffff:8.8.8.8", 1)])
+@pytest.mark.parametrize("client", [
+    ("203.0.113.9", 1), ("10.0.0.5", 1), ("::ffff:8.8.8.8", 1), ("0.0.0.0", 1), ("::", 1),
+    # names some servers and test clients report: only a real loopback address counts
+    ("localhost", 1), ("testclient", 1), ("127.0.0.1.example.com", 1), ("127.evil", 1),
+])
 async def test_without_any_key_other_clients_are_refused_even_with_a_key(client: tuple[str, int]) -> None:
     error = await refused(OPEN, {"authorization": "Bearer sk-anything-0123456789"}, client=client)
     assert (error.status, error.code) == (401, "invalid_api_key")
+
+
+@pytest.mark.parametrize("client", [None, ("", 0)], ids=["none", "empty"])
+async def test_without_any_key_a_client_with_no_address_is_refused_unless_unix_sockets_are_trusted(
+        client: tuple[str, int] | None) -> None:
+    error = await refused(OPEN, {}, client=client)
+    assert (error.status, error.code) == (401, "invalid_api_key")
+    app = await authenticate(runtime(auth={"trust_unix_socket": True}), {}, client=client)
+    assert app.ctx.client is None
+
+
+async def test_trusting_unix_sockets_does_not_open_a_gateway_that_has_keys() -> None:
+    snapshot = runtime(auth={"master_key": MASTER, "trust_unix_socket": True})
+    error = await refused(snapshot, {}, client=None)
+    assert (error.status, error.code) == (401, "missing_api_key")
 
 
 DB_KEY = "sk-db-key-0123456789abcdef"

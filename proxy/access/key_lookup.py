@@ -39,6 +39,7 @@ class StaticKeys:
 
     def __init__(self, auth: AuthConfig) -> None:
         self._by_digest: dict[bytes, ClientIdentity] = {}
+        self.trust_unix_socket = auth.trust_unix_socket
         if auth.master_key:
             self._add(auth.master_key, "master", is_master=True)
         for entry in auth.keys:
@@ -141,6 +142,10 @@ class CombinedKeys:
     @property
     def open(self) -> bool:
         return self.static.open and not self.database.any
+
+    @property
+    def trust_unix_socket(self) -> bool:
+        return self.static.trust_unix_socket
 
     def lookup(self, key: str) -> ClientIdentity | None:
         digest = hashlib.sha256(key.encode()).digest()  # once, for both tables

@@ -106,6 +106,7 @@ class ClientKeyConfig:
 class AuthConfig:
     master_key: str = ""
     keys: tuple[ClientKeyConfig, ...] = ()
+    trust_unix_socket: bool = False  # with no key configured: serve clients with no address (a Unix socket)
 
 
 @dataclass(frozen=True, slots=True)

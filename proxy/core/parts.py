@@ -41,6 +41,11 @@ class KeyLookup(Protocol):
         """True when no key is configured at all (the gateway then serves loopback clients only)."""
         ...
 
+    @property
+    def trust_unix_socket(self) -> bool:
+        """Whether, while ``open``, a request with no client address (a Unix socket) counts as local."""
+        ...
+
     def lookup(self, key: str) -> ClientIdentity | None: ...
 
 
