@@ -2,7 +2,10 @@
 
 Any failure below becomes an OpenAI-shaped JSON error (never a traceback) as long as the
 response has not started, every response carries ``x-request-id``, and every API request
-is handed to the request log exactly once, whatever happened to it.
+is handed to the request log exactly once, whatever happened to it. A request whose headers
+are too many or too large (``server.max_headers``, ``server.max_header_kb``) is refused here
+with 431, before any other layer reads them: the server has already parsed them, so
+counting once is all it costs.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from llm_proxy.core import metrics
 from llm_proxy.core.chain import RequestEnd
 from llm_proxy.core.context import SCOPE_KEY, RequestContext
 from llm_proxy.core.errors import ProxyError, send_error
-from llm_proxy.core.parts import SnapshotSource
-from llm_proxy.core.scope import header, route_path
+from llm_proxy.core.parts import Intake, SnapshotSource
+from llm_proxy.core.scope import route_path
 from llm_proxy.core.surfaces import surface_for
 
 __all__ = ["RequestContextMiddleware"]
@@ -35,11 +38,32 @@ _ID_PREFIX = "req_" + os.urandom(6).hex()
 _ids = itertools.count(1)
 
 
-def _request_id(scope: Scope) -> str:
-    given = header(scope, b"x-request-id")
+def _request_id(given: bytes | None) -> str:
     if given is not None and _VALID_ID.fullmatch(given):
         return given.decode()
     return f"{_ID_PREFIX}{next(_ids):012x}"
+
+
+def _read_head(headers: list[tuple[bytes, bytes]], intake: Intake) -> tuple[bytes | None, ProxyError | None]:
+    """The client's ``x-request-id`` and, when the headers are over the limits, the 431 to answer:
+    one pass over the headers for both."""
+    if len(headers) > intake.max_headers:
+        return None, _too_large(f"{len(headers)} header fields were sent; "
+                                f"at most {intake.max_headers} are accepted.")
+    given = None
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+        if given is None and name == b"x-request-id":
+            given = value
+    if size > intake.max_header_bytes:
+        return None, _too_large(f"The request's header fields total {size} bytes; "
+                                f"at most {intake.max_header_bytes} are accepted.")
+    return given, None
+
+
+def _too_large(message: str) -> ProxyError:
+    return ProxyError(431, message, code="request_header_fields_too_large")
 
 
 class RequestContextMiddleware:
@@ -54,9 +78,11 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         surface = surface_for(route_path(scope))
-        request_id = _request_id(scope)
+        snapshot = self.holder.current
+        given, refused = _read_head(scope["headers"], snapshot.intake)
+        request_id = _request_id(given)
         rid_header = (b"x-request-id", request_id.encode())
-        ctx = RequestContext(request_id, self.holder.current, surface.name if surface is not None else "",
+        ctx = RequestContext(request_id, snapshot, surface.name if surface is not None else "",
                              started=started, surface=surface)
         state = scope.get("state")
         if state is None:
@@ -79,6 +105,8 @@ class RequestContextMiddleware:
             if not self.holder.started:  # mounted without its lifespan: start lazily
                 await self.holder.ensure_started()
                 ctx.runtime = self.holder.current
+            if refused is not None:
+                raise refused
             await self.app(scope, receive, send_with_id)
         except ProxyError as exc:
             if not response_started:

@@ -14,6 +14,8 @@ __all__ = ["main"]
 
 logger = logging.getLogger("llm_proxy")
 
+_HEAD_SLACK = 16 * 1024  # a request head's line and separators, beyond its headers' names and values
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -60,6 +62,9 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
         timeout_graceful_shutdown=30,
+        # h11 only (httptools has no such limit): what it buffers of a request head. Above the app's
+        # own header limit, so an over-long head is the app's 431; h11's answer to this one is a 400.
+        h11_max_incomplete_event_size=int(config.server.max_header_kb * 1024) + _HEAD_SLACK,
     )
     return 0
 

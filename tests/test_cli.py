@@ -296,6 +296,21 @@ def test_serve_takes_the_port_from_the_environment(tmp_path: Path) -> None:
     assert (tmp_path / "llm_proxy.db").exists()  # LLM_PROXY__DATABASE__PATH was used
 
 
+def test_serve_tells_h11_to_buffer_a_request_head_a_little_over_the_header_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond ``server.max_header_kb`` the app answers 431; h11 is only kept from buffering much more."""
+    import uvicorn
+
+    from llm_proxy.cli import main
+
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: given.update(options))
+    config = good_config(host="127.0.0.1", max_header_kb=8)
+    config["database"] = {"path": str(tmp_path / "gw.db")}
+    assert main(["serve", "--config", str(write_config(tmp_path, config))]) == 0
+    assert 8 * 1024 < given["h11_max_incomplete_event_size"] <= 8 * 1024 + 32 * 1024
+
+
 def test_serve_with_a_bad_config_exits_2_without_serving(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"server": {"port": "eighty"}, "bogus": 1})
     result = run_cli(["serve", "--config", str(path), "--port", str(free_port())], clean_env(tmp_path), tmp_path)

@@ -308,6 +308,8 @@ def test_config_error_message_lists_every_error() -> None:
         ({"server": {"max_body_mb": "big"}}, "server.max_body_mb", "expected a number"),
         ({"server": "0.0.0.0"}, "server", "expected a mapping"),
         ({"server": {"access_log": "yes please"}}, "server.access_log", "true or false"),
+        ({"server": {"max_headers": 0}}, "server.max_headers", "at least 1"),
+        ({"server": {"max_header_kb": 0}}, "server.max_header_kb", "greater than 0"),
         ({"auth": {"trust_unix_socket": "yes"}}, "auth.trust_unix_socket", "true or false"),
         ({"providers": {"p": {"base_url": "http://x", "timeouts": {"write": -1}}}},
          "providers.p.timeouts.write", "must not be negative"),

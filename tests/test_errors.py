@@ -216,6 +216,20 @@ def test_oversized_chunked_body_is_413(make_gateway: Any, mock: MockUpstream) ->
     assert_logged(final_rows(gw, 1)[0], 413)
 
 
+def test_request_headers_over_the_limits_are_431(http: httpx.Client, gateway: Gateway, mock: MockUpstream) -> None:
+    """Over a real connection (uvicorn with httptools, which sets no limit of its own)."""
+    body = {"model": "gpt-4o", "messages": user("hi")}
+    one_big = http.post(CHAT, json=body, headers={"x-big": "a" * (1024 * 1024)})
+    error = check_response(one_big, 431, type="invalid_request_error", code="request_header_fields_too_large")
+    assert "65536" in error["message"]
+    many = http.post(CHAT, json=body, headers=[(f"x-filler-{i}", "1") for i in range(2000)])
+    check_response(many, 431, code="request_header_fields_too_large")
+    assert http.post(CHAT, json=body, headers={"x-fine": "a" * 8000}).status_code == 200  # within them
+    assert len(mock.requests) == 1
+    rows = final_rows(gateway, 3)
+    assert [r["status"] for r in rows] == [431, 431, 200]
+
+
 # -- authentication -------------------------------------------------------------------------------
 
 

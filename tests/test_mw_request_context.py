@@ -178,3 +178,50 @@ async def test_lifespan_scopes_pass_through_untouched() -> None:
     await RequestContextMiddleware(lifespan_app, holder=Source(SNAPSHOT), finish=finish)(scope, receive, send)
     assert seen == [(scope, receive, send)]
     assert "state" not in scope and finish.ended == []
+
+
+def too_many(count: int) -> list[tuple[str, str]]:
+    return [(f"x-filler-{i}", "1") for i in range(count)]
+
+
+@pytest.mark.parametrize(("headers", "words"), [
+    (too_many(2000), "2001 header fields"),  # with the x-request-id
+    ([("x-big", "a" * (1024 * 1024))], "at most 65536"),
+    (too_many(60) + [("x-big", "a" * 65000)], "at most 65536"),  # under each count, over the total
+], ids=["2000-headers", "1-MB-header", "many-adding-up"])
+async def test_headers_over_the_limits_are_431_before_any_layer_below(headers: list[tuple[str, str]],
+                                                                      words: str) -> None:
+    mw, app, finish = stage()
+    sent = await call(mw, make_scope(headers=[("x-request-id", "mine-1"), *headers]))
+    assert sent.status == 431 and app.called == 0
+    error = sent.json()["error"]
+    assert (error["code"], error["type"]) == ("request_header_fields_too_large", "invalid_request_error")
+    assert words in error["message"]
+    assert sent.headers["x-request-id"].startswith("req_")  # the client's own is not read from such a head
+    (ctx,) = finish.ended
+    assert ctx.status == 431
+
+
+async def test_the_header_limits_come_from_the_config_and_a_head_within_them_is_served() -> None:
+    snapshot = runtime(server={"max_headers": 5, "max_header_kb": 1})
+    mw, app, _ = stage(source=Source(snapshot))
+    assert (await call(mw, make_scope(headers=too_many(5)))).status == 200
+    assert (await call(mw, make_scope(headers=too_many(6)))).status == 431
+    assert (await call(mw, make_scope(headers=[("x-big", "a" * 1000)]))).status == 200
+    assert (await call(mw, make_scope(headers=[("x-big", "a" * 1100)]))).status == 431
+    assert app.called == 2
+
+
+async def test_headers_over_the_limits_on_messages_are_431_in_anthropics_envelope() -> None:
+    mw, _, _ = stage()
+    sent = await call(mw, make_scope("/v1/messages", headers=too_many(101)))
+    assert sent.status == 431
+    body = sent.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "101 header fields" in body["error"]["message"]
+
+
+async def test_headers_over_the_limits_are_refused_outside_the_api_too() -> None:
+    mw, app, finish = stage()
+    sent = await call(mw, make_scope("/health", method="GET", headers=too_many(101)))
+    assert sent.status == 431 and app.called == 0 and finish.ended == []

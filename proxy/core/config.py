@@ -82,6 +82,8 @@ class ServerConfig:
     access_log: bool = False
     max_body_mb: float = 32.0
     forwarded_allow_ips: tuple[str, ...] = ()
+    max_header_kb: float = 64.0  # request headers, names + values summed; larger is 431
+    max_headers: int = 100  # request header lines; more is 431
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,6 +572,11 @@ def check_values(config: Config, errors: list[str]) -> None:
         add("server.port", "must be at most 65535")
     if isinstance(server, ServerConfig) and isinstance(server.forwarded_allow_ips, tuple):
         _check_proxies(server.forwarded_allow_ips, add)
+    if isinstance(server, ServerConfig):
+        if _is_number(server.max_header_kb) and server.max_header_kb <= 0:
+            add("server.max_header_kb", "must be greater than 0")
+        if _is_number(server.max_headers) and server.max_headers < 1:
+            add("server.max_headers", "must be at least 1")
     for name, p in config.providers.items():
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
             add(f"providers.{name}", "provider names use lowercase letters, digits, '-', '_' or '.'")

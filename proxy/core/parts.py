@@ -50,10 +50,19 @@ class KeyLookup(Protocol):
 
 
 class Intake(Protocol):
-    """The alias stage's part: how large a body may be, and which names are aliases of others."""
+    """How large a request may be (its head, read by the outermost stage; its body, by the alias
+    stage), and which names are aliases of others."""
 
     @property
     def max_body_bytes(self) -> int: ...
+
+    @property
+    def max_header_bytes(self) -> int:
+        """The request headers' names and values, summed."""
+        ...
+
+    @property
+    def max_headers(self) -> int: ...
 
     @property
     def aliases(self) -> Mapping[str, str]: ...

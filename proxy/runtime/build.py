@@ -73,7 +73,9 @@ def build_runtime(config: Config, stored: StoredOverlay | None = None, services:
     return Runtime(
         config=effective,
         keys=keys,
-        intake=IntakeRules(int(effective.server.max_body_mb * 1024 * 1024), routes.aliases),
+        intake=IntakeRules(int(effective.server.max_body_mb * 1024 * 1024), routes.aliases,
+                           max_header_bytes=int(effective.server.max_header_kb * 1024),
+                           max_headers=effective.server.max_headers),
         routes=routes,
         pricing=build_pricing(providers, stored.overlay.discounts() if stored is not None else {}),
         upstreams=Upstreams(providers),

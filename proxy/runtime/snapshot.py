@@ -29,10 +29,13 @@ __all__ = ["IntakeRules", "RequestLog", "Runtime", "runtime_of"]
 
 @dataclass(frozen=True, slots=True)
 class IntakeRules:
-    """The alias stage's part: the body size limit and the aliases (chains are cycle-checked at load)."""
+    """The intake part: the size limits of a request's head and body, and the aliases (chains
+    are cycle-checked at load)."""
 
     max_body_bytes: int
     aliases: Mapping[str, str]
+    max_header_bytes: int
+    max_headers: int
 
 
 @dataclass(frozen=True, slots=True)
