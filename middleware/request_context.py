@@ -1,11 +1,11 @@
 """Outermost layer: request id, the per-request context, error shaping and the request log.
 
-Any failure below becomes an OpenAI-shaped JSON error (never a traceback) as long as the
-response has not started, every response carries ``x-request-id``, and every API request
-is handed to the request log exactly once, whatever happened to it. A request whose headers
-are too many or too large (``server.max_headers``, ``server.max_header_kb``) is refused here
-with 431, before any other layer reads them: the server has already parsed them, so
-counting once is all it costs.
+Any failure below becomes a JSON error in the surface's own envelope (OpenAI's, or Anthropic's
+for Messages; never a traceback) as long as the response has not started, every response
+carries ``x-request-id``, and every API request is handed to the request log exactly once,
+whatever happened to it. A request whose headers are too many or too large
+(``server.max_headers``, ``server.max_header_kb``) is refused here with 431, before any other
+layer reads them: the server has already parsed them, so counting once is all it costs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from llm_proxy.core.context import SCOPE_KEY, RequestContext
 from llm_proxy.core.errors import ProxyError, send_error
 from llm_proxy.core.parts import Intake, SnapshotSource
 from llm_proxy.core.scope import route_path
-from llm_proxy.core.surfaces import surface_for
+from llm_proxy.core.surfaces import ErrorBody, surface_for
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -66,6 +66,13 @@ def _too_large(message: str) -> ProxyError:
     return ProxyError(431, message, code="request_header_fields_too_large")
 
 
+def _in_envelope(exc: ProxyError, render: ErrorBody | None) -> ProxyError:
+    """``exc`` in a surface's own envelope (Anthropic's for Messages); as it is for OpenAI's."""
+    if render is None:
+        return exc
+    return ProxyError(exc.status, exc.message, headers=exc.headers, body=render(exc.status, exc.message))
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, holder: SnapshotSource, finish: RequestEnd) -> None:
         self.app = app
@@ -101,6 +108,7 @@ class RequestContextMiddleware:
 
         if surface is not None:
             metrics.IN_FLIGHT.inc()
+        render = surface.error_body if surface is not None else None  # None: OpenAI's envelope
         try:
             if not self.holder.started:  # mounted without its lifespan: start lazily
                 await self.holder.ensure_started()
@@ -111,18 +119,13 @@ class RequestContextMiddleware:
         except ProxyError as exc:
             if not response_started:
                 ctx.fail(exc.status, exc.type, exc.message)
-                render = surface.error_body if surface is not None else None
-                if render is not None:  # a surface with an envelope of its own (Anthropic's for Messages)
-                    exc = ProxyError(exc.status, exc.message, headers=exc.headers, body=render(exc.status, exc.message))
-                await send_error(send_with_id, exc)
+                await send_error(send_with_id, _in_envelope(exc, render))
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             ctx.fail(500, "server_error", "internal error")
             if not response_started:
-                await send_error(
-                    send_with_id,
-                    ProxyError(500, "The server had an error while processing your request.", type="server_error"),
-                )
+                error = ProxyError(500, "The server had an error while processing your request.", type="server_error")
+                await send_error(send_with_id, _in_envelope(error, render))
         finally:
             if surface is not None:
                 metrics.IN_FLIGHT.dec()

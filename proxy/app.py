@@ -98,10 +98,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message = f"Method {request.method} is not allowed for {request.url.path}."
     ctx = get_context(request.scope)
+    render = ctx.surface.error_body if ctx is not None and ctx.surface is not None else None
     if ctx is not None:  # rendered here, not by the outer layer: record the failure for the request log
         ctx.fail(exc.status_code, "invalid_request_error", message)
-    return Response(error_body(message, "invalid_request_error", "unknown_url" if exc.status_code == 404 else None),
-                    status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+    body = (render(exc.status_code, message) if render is not None  # the surface's envelope (Anthropic's)
+            else error_body(message, "invalid_request_error", "unknown_url" if exc.status_code == 404 else None))
+    return Response(body, status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
 
 def _watch_sighup(holder: RuntimeHolder) -> Callable[[], None]:

@@ -180,6 +180,18 @@ async def test_lifespan_scopes_pass_through_untouched() -> None:
     assert "state" not in scope and finish.ended == []
 
 
+async def test_an_unhandled_exception_on_messages_is_a_500_in_anthropics_envelope(
+        caplog: pytest.LogCaptureFixture) -> None:
+    mw, _, finish = stage(StubApp(raises=KeyError("internal-detail-xyz")))
+    with caplog.at_level(logging.CRITICAL, logger="llm_proxy"):
+        sent = await call(mw, make_scope("/v1/messages"))
+    assert sent.status == 500
+    assert sent.json() == {"type": "error", "error": {
+        "type": "api_error", "message": "The server had an error while processing your request."}}
+    assert b"internal-detail-xyz" not in sent.body and "x-request-id" in sent.headers
+    assert finish.ended[0].status == 500
+
+
 def too_many(count: int) -> list[tuple[str, str]]:
     return [(f"x-filler-{i}", "1") for i in range(count)]
 

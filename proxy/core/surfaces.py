@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from llm_proxy.core.errors import anthropic_error_body
 
-__all__ = ["OTHER", "SURFACES", "ErrorBody", "Surface", "surface_for"]
+__all__ = ["OTHER", "OTHER_MESSAGES", "SURFACES", "ErrorBody", "Surface", "surface_for"]
 
 ErrorBody = Callable[[int, str], bytes]  # (status, message) -> the error body in a surface's envelope
 
@@ -55,8 +55,10 @@ SURFACES: tuple[Surface, ...] = (
     Surface("models", "/models", method="GET"),
 )
 
-# Any other /v1/ path: authenticated and logged like an API call, answered 404 by the router.
+# Any other /v1/ path: authenticated and logged like an API call, answered 404 by the router;
+# under /v1/messages/ (Anthropic's batches, say) in Anthropic's envelope, which its SDK reads.
 OTHER = Surface("other", "")
+OTHER_MESSAGES = Surface("other", "", error_body=anthropic_error_body)
 
 _BY_PATH: Mapping[str, Surface] = MappingProxyType(
     {path: surface for surface in SURFACES for path in surface.paths}
@@ -64,9 +66,9 @@ _BY_PATH: Mapping[str, Surface] = MappingProxyType(
 
 
 def surface_for(path: str) -> Surface | None:
-    """The surface a path names (``OTHER`` for unknown ``/v1/`` paths), None for non-API paths
-    (health, metrics, the admin API, static files)."""
+    """The surface a path names (``OTHER`` for unknown ``/v1/`` paths, ``OTHER_MESSAGES`` under
+    ``/v1/messages/``), None for non-API paths (health, metrics, the admin API, static files)."""
     surface = _BY_PATH.get(path)
     if surface is None and path.startswith("/v1/"):
-        return OTHER
+        return OTHER_MESSAGES if path.startswith("/v1/messages/") else OTHER
     return surface
