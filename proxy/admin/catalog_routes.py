@@ -122,7 +122,6 @@ def _provider_name(request: Request) -> str:
 def _provider_entry(name: str, runtime: Runtime, file: Config, overlay: Overlay,
                     stored: list[dict[str, Any]], admin: bool) -> dict[str, Any]:
     p, configured = runtime.upstreams.providers[name], file.providers[name]
-    status = p.status()
     mine = [k for k in stored if k["provider"] == name]
     keys: dict[str, Any] = {"in_use": len(p.api_keys), "stored": sum(not k["disabled"] for k in mine)}
     if admin:  # masked keys are for admins only, as on /providers/{name}/keys
@@ -134,7 +133,7 @@ def _provider_entry(name: str, runtime: Runtime, file: Config, overlay: Overlay,
         "enabled": p.enabled, "disabled_reason": p.disabled_reason,
         "enabled_in_config": configured.enabled, "enabled_override": overlay.providers.get(name),
         "models": len(p.config.models), "breakers": runtime.routes.learned.breaker_states(name), "keys": keys,
-        **{k: status[k] for k in ("last_success", "last_error", "last_error_at") if k in status},
+        **p.details(),  # last_success, last_error, last_error_at: not on the unauthenticated /health
     }
 
 

@@ -60,7 +60,11 @@ def _final(aliases: Mapping[str, str], name: str) -> str:
 
 
 def health(holder: RuntimeHolder) -> ASGIApp:
-    """``/health``: liveness and readiness in one answer; 503 when no provider is usable."""
+    """``/health``: liveness and readiness in one answer; 503 when no provider is usable.
+
+    It needs no key, so it shows states only (a provider enabled or disabled, breakers not
+    closed), never an error's text or a reason: those may carry what an upstream said about
+    another client's request, and are on the admin API's ``GET /api/providers``."""
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         runtime = holder.current

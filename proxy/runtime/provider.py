@@ -48,7 +48,7 @@ def fingerprint(cfg: ProviderConfig) -> Fingerprint:
 
 
 class ProviderHealth:
-    """The provider's last success and last error, as ``/health`` reports them."""
+    """The provider's last success and last error, as the admin API reports them."""
 
     __slots__ = ("last_error", "last_error_at", "last_ok")
 
@@ -95,13 +95,13 @@ class ProviderRuntime:
         return self.health.last_error
 
     def status(self) -> JSONObject:
-        info: JSONObject = {
-            "status": "enabled" if self.enabled else "disabled",
-            "type": self.config.type,
-            "models": len(self.config.models),
-        }
-        if self.disabled_reason:
-            info["reason"] = self.disabled_reason
+        """What the unauthenticated ``/health`` shows: enabled or disabled, nothing more. Why, and
+        the last error (an upstream's words about some client's request), are ``details``."""
+        return {"status": "enabled" if self.enabled else "disabled"}
+
+    def details(self) -> JSONObject:
+        """The last success and the last error (its text and time), for the admin API only."""
+        info: JSONObject = {}
         health = self.health
         if health.last_ok is not None:
             info["last_success"] = round(health.last_ok, 3)
