@@ -213,3 +213,36 @@ def test_ollama_models_discovered_from_tags(gw: Gateway, native: tuple[NativeUps
     reply = sdk(gw).chat.completions.create(**hello("qwen3:8b"))
     assert reply.choices[0].message.content == "Hello! How are you today?"
     assert native[0].requests[-1]["body"]["model"] == "qwen3:8b"
+
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+def with_image(model: str, url: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]}
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "llama3.2"])
+@pytest.mark.parametrize(("url", "words"), [
+    ("data:text/html;base64,PGI+aGk8L2I+", "'text/html', not an image"),
+    ("data:application/pdf;base64,JVBERi0=", "'application/pdf', not an image"),
+    ("data:image/png;base64,not*base64!", "not valid base64"),
+    ("data:image/png;base64,iVBORw0KGgo", "not valid base64"),  # unpadded
+    ("data:image/png;base64,", "no image data"),
+], ids=["html", "pdf", "garbage", "unpadded", "empty"])
+def test_a_bad_data_image_url_is_400_naming_the_part_and_never_forwarded(
+        gw: Gateway, native: tuple[NativeUpstream, str], model: str, url: str, words: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(gw).chat.completions.create(**with_image(model, url))
+    error = info.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "invalid_image_url" and error["param"] == "messages[0].content[1].image_url.url"
+    assert words in error["message"] and "messages[0].content[1]" in error["message"]
+    assert native[0].requests == []
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "llama3.2"])
+def test_a_valid_data_image_url_is_forwarded(gw: Gateway, native: tuple[NativeUpstream, str], model: str) -> None:
+    assert sdk(gw).chat.completions.create(**with_image(model, f"data:image/png;base64,{PNG_B64}")).choices
+    assert PNG_B64 in json.dumps(native[0].requests[-1]["body"])

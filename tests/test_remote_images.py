@@ -329,7 +329,7 @@ def _body(*parts: Any) -> dict[str, Any]:
 
 
 def test_inline_images_replaces_urls(server: Server) -> None:
-    data_part = {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGOD"}}
+    data_part = {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}
     body = _body(
         {"type": "image_url", "image_url": {"url": server.url("/x.png"), "detail": "low"}},
         {"type": "image_url", "image_url": server.url("/x.png")},  # plain string form, same URL
@@ -339,7 +339,7 @@ def test_inline_images_replaces_urls(server: Server) -> None:
     parts = body["messages"][1]["content"]
     assert parts[1] == {"type": "image_url", "image_url": {"url": PNG_DATA_URL, "detail": "low"}}
     assert parts[2] == {"type": "image_url", "image_url": PNG_DATA_URL}
-    assert parts[3] == {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGOD"}}
+    assert parts[3] == {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}
     assert server.hits == ["/x.png"]  # one fetch for a repeated URL
 
 
@@ -372,3 +372,65 @@ def test_inline_images_cap(server: Server) -> None:
     assert (info.value.status, info.value.code) == (400, "too_many_images")
     assert str(MAX_IMAGES) in info.value.message
     assert server.hits == []
+
+
+# --- data: URLs the client sent are checked like fetched images -----------------------------------
+
+
+def data_refused(config: ImagesConfig, url: str, *, string_form: bool = False) -> ProxyError:
+    part = {"type": "image_url", "image_url": url if string_form else {"url": url}}
+    with pytest.raises(ProxyError) as info:
+        run(config, lambda f: f.inline_images(_body(part)))
+    err = info.value
+    assert (err.status, err.type, err.code) == (400, "invalid_request_error", "invalid_image_url")
+    where = "messages[1].content[1].image_url" + ("" if string_form else ".url")
+    assert err.param == where and err.message.startswith(where + ": ")
+    return err
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("data:text/plain;base64,aGk=", "'text/plain', not an image"),
+    ("data:,hi", "'text/plain', not an image"),  # no type: RFC 2397's default
+    ("data:image/;base64,aGk=", "not an image"),
+    ("data:image/png;base64", "no ','"),
+    ("data:image/png;base64,", "no image data"),
+    ("data:image/png;base64,aGk", "not valid base64"),  # unpadded
+    ("data:image/png;base64,aG=k", "not valid base64"),  # padding inside
+    ("data:image/png;base64,aGk=aGk=", "not valid base64"),
+    ("data:image/png;base64,aG k=", "not valid base64"),
+    ("data:image/png;base64,aGé=", "not valid base64"),
+    ("data:image/png;base64,aGk_", "not valid base64"),  # the URL-safe alphabet is not base64 here
+])
+def test_a_bad_data_url_is_refused_naming_the_part(url: str, words: str) -> None:
+    assert words in data_refused(ImagesConfig(), url).message
+
+
+def test_a_bad_data_url_in_the_string_form_names_that_field() -> None:
+    data_refused(ImagesConfig(), "data:text/html,<b>hi</b>", string_form=True)
+
+
+def test_a_data_url_over_the_size_cap_is_refused() -> None:
+    cap = int(ALLOW_LOCAL.max_mb * 1024 * 1024)
+    exact = base64.b64encode(b"\0" * cap).decode()
+    over = base64.b64encode(b"\0" * (cap + 1)).decode()
+    assert run(ALLOW_LOCAL, lambda f: f.inline_images(_body(
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{exact}"}}))) == 0
+    assert "0.001 MB limit" in data_refused(ALLOW_LOCAL, f"data:image/png;base64,{over}").message
+    assert "0.001 MB limit" in data_refused(ALLOW_LOCAL, "data:image/svg+xml," + "a" * (cap + 1)).message
+
+
+def test_good_data_urls_are_left_as_they_are() -> None:
+    big = base64.b64encode(bytes(range(256)) * 1000).decode()  # several of the slices it is checked in
+    parts = [{"type": "image_url", "image_url": {"url": url}} for url in (
+        PNG_DATA_URL, "data:IMAGE/PNG;name=x.png;base64," + PNG_DATA_URL.partition(",")[2],
+        "data:image/svg+xml,%3Csvg%2F%3E", f"data:image/jpeg;base64,{big}")]
+    body = _body(*parts)
+    before = repr(body)
+    assert run(ImagesConfig(), lambda f: f.inline_images(body)) == 0
+    assert repr(body) == before
+
+
+def test_a_data_url_bad_far_into_its_data_is_refused() -> None:
+    big = base64.b64encode(bytes(range(256)) * 1000).decode()
+    bad = big[:200_001] + "*" + big[200_002:]
+    assert "not valid base64" in data_refused(ImagesConfig(), f"data:image/jpeg;base64,{bad}").message

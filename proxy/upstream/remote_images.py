@@ -9,12 +9,17 @@ metadata addresses unless the operator allowed it (``allow_private_networks``/``
 Every failure is a 400 (``invalid_request_error``): the client sent a URL the gateway could not
 use, timeouts included (a 504 would blame an upstream and invite a retry of the same URL).
 Messages name the reason, never the response body or the address a name resolved to.
+
+A ``data:`` URL the client sent inline is held to the same rules as a fetched image before it
+is forwarded: an ``image/*`` type, a body within ``images.max_mb``, and, when it says
+``;base64``, valid base64 (RFC 4648: the standard alphabet, padded). The 400 names the part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import ipaddress
 import socket
 
@@ -29,6 +34,7 @@ __all__ = ["MAX_IMAGES", "MAX_REDIRECTS", "ImageFetcher"]
 MAX_IMAGES = 16  # remote images per request
 MAX_REDIRECTS = 3
 CONCURRENCY = 4  # fetches in flight per request
+_BASE64_SLICE = 1 << 16  # characters of a data: URL decoded at a time to check it (a multiple of 4)
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _METADATA = frozenset(
@@ -60,6 +66,50 @@ def _forbidden(ip: _Address) -> str | None:
     if not ip.is_global:  # e.g. 100.64.0.0/10 shared address space
         return "a non-public address"
     return None
+
+
+def _base64_size(payload: str) -> int | None:
+    """The decoded size of standard, padded base64, or None when it is not that. Decoded a slice
+    at a time and thrown away: checking a large image must not hold a second copy of it."""
+    if len(payload) % 4 or payload.find("=", 0, len(payload) - 2) != -1:  # padding only at the end
+        return None
+    size = 0
+    try:
+        for start in range(0, len(payload), _BASE64_SLICE):
+            size += len(binascii.a2b_base64(payload[start:start + _BASE64_SLICE], strict_mode=True))
+    except ValueError:  # binascii.Error, or a character outside ASCII
+        return None
+    return size
+
+
+def _check_data_url(url: str, max_bytes: int, max_mb: float, where: str) -> None:
+    """Refuse a ``data:`` image URL that is not an image, is too large, or is not valid base64."""
+    header, sep, payload = url[5:].partition(",")
+    params = header.split(";")
+    mime = params[0].strip().lower()
+    is_base64 = len(params) > 1 and params[-1].strip().lower() == "base64"
+
+    def refuse(reason: str) -> ProxyError:
+        return ProxyError(400, f"{where}: {reason}", code="invalid_image_url", param=where)
+
+    if not sep:
+        raise refuse("data: URL has no ',' before its data")
+    if not mime.startswith("image/") or mime == "image/":
+        raise refuse(f"data: URL has content type {mime or 'text/plain'!r}, not an image")
+    if not payload:
+        raise refuse("data: URL holds no image data")
+    too_big = f"image is larger than the {max_mb:g} MB limit"
+    # the decoded size, from the length alone, before anything is decoded
+    if is_base64:
+        if len(payload) // 4 * 3 - 2 > max_bytes:
+            raise refuse(too_big)
+        size = _base64_size(payload)
+        if size is None:
+            raise refuse("data: URL is not valid base64")
+    else:  # percent-encoded bytes
+        size = len(payload) - 2 * payload.count("%")
+    if size > max_bytes:
+        raise refuse(too_big)
 
 
 class ImageFetcher:
@@ -181,21 +231,28 @@ class ImageFetcher:
         return mime, b"".join(chunks)
 
     async def inline_images(self, body: JSONObject) -> int:
-        """Replace every http(s) ``image_url`` in ``body["messages"]`` with a ``data:`` URL.
+        """Replace every http(s) ``image_url`` in ``body["messages"]`` with a ``data:`` URL, and
+        check every ``data:`` URL the client sent (an image, valid base64, within the size cap).
 
         Returns how many parts were inlined. Same URL twice is fetched once. Up to
         ``CONCURRENCY`` fetches run at once; more than ``MAX_IMAGES`` remote images is a 400.
         """
         parts: list[tuple[JSONObject, str]] = []  # (part, url)
-        for message in body.get("messages") or ():
+        messages = body.get("messages")
+        for m, message in enumerate(messages if isinstance(messages, list) else ()):
             content = message.get("content") if isinstance(message, dict) else None
-            for part in content if isinstance(content, list) else ():
+            for i, part in enumerate(content if isinstance(content, list) else ()):
                 if not isinstance(part, dict) or part.get("type") != "image_url":
                     continue
                 image = part.get("image_url")
                 url = image.get("url") if isinstance(image, dict) else image
-                if isinstance(url, str) and url[:8].lower().startswith(("http://", "https://")):
+                if not isinstance(url, str):
+                    continue
+                if url[:8].lower().startswith(("http://", "https://")):
                     parts.append((part, url))
+                elif url[:5].lower() == "data:":
+                    where = f"messages[{m}].content[{i}].image_url" + (".url" if isinstance(image, dict) else "")
+                    _check_data_url(url, self._max_bytes, self.config.max_mb, where)
         if not parts:
             return 0
         if len(parts) > MAX_IMAGES:
