@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=config.server.access_log,
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
+        timeout_keep_alive=config.server.keep_alive_timeout,
         timeout_graceful_shutdown=30,
         # h11 only (httptools has no such limit): what it buffers of a request head. Above the app's
         # own header limit, so an over-long head is the app's 431; h11's answer to this one is a 400.

@@ -74,7 +74,9 @@ class ConfigError(Exception):
 class ServerConfig:
     """``forwarded_allow_ips``: the proxies whose ``X-Forwarded-For``/``-Proto`` ``llm-proxy serve``
     believes (addresses, networks, or ``*``); none by default, so a client cannot pick the address
-    login throttling counts."""
+    login throttling counts. ``keep_alive_timeout``: seconds ``llm-proxy serve`` keeps an idle
+    client connection open; longer than clients keep theirs pooled (httpx and the OpenAI SDK 5 s,
+    load balancers 60 s), so a client never sends on a connection the gateway is closing."""
 
     host: str = "0.0.0.0"
     port: int = 8080
@@ -84,6 +86,7 @@ class ServerConfig:
     forwarded_allow_ips: tuple[str, ...] = ()
     max_header_kb: float = 64.0  # request headers, names + values summed; larger is 431
     max_headers: int = 100  # request header lines; more is 431
+    keep_alive_timeout: int = 75
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,10 @@ class ProviderConfig:
     prices: dict[str, PriceConfig] = field(default_factory=dict)
     catalog_provider: str | None = None
     max_connections: int = 1000
+    # seconds an idle pooled connection is kept: under the upstream's own idle timeout (5 s for
+    # uvicorn, node, Apache), else a request can go out on a connection the upstream is closing
+    pool_idle_timeout: float = 4.0
+    retry_stale_connection: bool = True  # resend once, on a new connection, what a dropped pooled one lost
     responses_api: bool = False  # serves OpenAI's /responses itself (OpenAI does): pass it through
     tags: tuple[str, ...] | None = None  # default: ("local",) for a loopback/private base_url, else ("cloud",)
     priority: int = 0  # for its deployments: lower is tried first (ties keep config order)
@@ -577,6 +584,8 @@ def check_values(config: Config, errors: list[str]) -> None:
             add("server.max_header_kb", "must be greater than 0")
         if _is_number(server.max_headers) and server.max_headers < 1:
             add("server.max_headers", "must be at least 1")
+        if _is_number(server.keep_alive_timeout) and server.keep_alive_timeout < 1:
+            add("server.keep_alive_timeout", "must be at least 1")
     for name, p in config.providers.items():
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
             add(f"providers.{name}", "provider names use lowercase letters, digits, '-', '_' or '.'")
@@ -586,6 +595,8 @@ def check_values(config: Config, errors: list[str]) -> None:
             add(f"providers.{name}.base_url", f"expected an http(s) URL, got {_describe(p.base_url)}")
         if _is_number(p.max_connections) and p.max_connections < 1:
             add(f"providers.{name}.max_connections", "must be at least 1")
+        if _is_number(p.pool_idle_timeout) and p.pool_idle_timeout <= 0:
+            add(f"providers.{name}.pool_idle_timeout", "must be greater than 0")
         if isinstance(p.timeouts, TimeoutConfig):
             for key in ("connect", "read", "write"):
                 value = getattr(p.timeouts, key)

@@ -44,7 +44,7 @@ _USER_AGENT = _user_agent()
 def fingerprint(cfg: ProviderConfig) -> Fingerprint:
     """What makes a provider the same upstream across a reload (its connection and keys)."""
     return (cfg.type, cfg.base_url, cfg.api_key, cfg.api_keys, tuple(sorted(cfg.headers.items())), cfg.timeouts,
-            cfg.max_connections, cfg.enabled)
+            cfg.max_connections, cfg.pool_idle_timeout, cfg.retry_stale_connection, cfg.enabled)
 
 
 class ProviderHealth:

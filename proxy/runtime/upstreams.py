@@ -43,7 +43,8 @@ class Upstreams:
             if old is not None and old.transport is not None and old.fingerprint == p.fingerprint:
                 transport = old.transport
             else:
-                transport = AiohttpTransport(limit=p.config.max_connections)
+                transport = AiohttpTransport(limit=p.config.max_connections, keepalive_expiry=p.config.pool_idle_timeout,
+                                             retry_stale=p.config.retry_stale_connection)
             started[name] = dataclasses.replace(p, transport=transport)
         fetcher = previous.image_fetcher if previous is not None else None
         if fetcher is None and any(p.enabled and p.wire.needs_inline_images for p in started.values()):
