@@ -5,11 +5,14 @@ for Messages; never a traceback) as long as the response has not started, every 
 carries ``x-request-id``, and every API request is handed to the request log exactly once,
 whatever happened to it. A request whose headers are too many or too large
 (``server.max_headers``, ``server.max_header_kb``) is refused here with 431, before any other
-layer reads them: the server has already parsed them, so counting once is all it costs.
+layer reads them: the server has already parsed them, so counting once is all it costs. It is
+also where a shutdown (``core/drain.py``) refuses new API requests and tracks those in flight,
+and where one cut by the end of the shutdown grace before its answer started gets its 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -20,11 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_proxy.core import metrics
 from llm_proxy.core.chain import RequestEnd
-from llm_proxy.core.context import SCOPE_KEY, RequestContext
+from llm_proxy.core.context import SCOPE_KEY, RequestContext, Usage
+from llm_proxy.core.drain import Drain
 from llm_proxy.core.errors import ProxyError, send_error
 from llm_proxy.core.parts import Intake, SnapshotSource
 from llm_proxy.core.scope import route_path
 from llm_proxy.core.surfaces import ErrorBody, surface_for
+from llm_proxy.core.tokens import estimate_prompt_tokens
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -74,10 +79,11 @@ def _in_envelope(exc: ProxyError, render: ErrorBody | None) -> ProxyError:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, holder: SnapshotSource, finish: RequestEnd) -> None:
+    def __init__(self, app: ASGIApp, *, holder: SnapshotSource, finish: RequestEnd, drain: Drain | None = None) -> None:
         self.app = app
         self.holder = holder
         self.finish = finish  # the request's log row and metrics
+        self.drain = drain if drain is not None else Drain()  # the API requests in flight, for a graceful shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +112,8 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
+        drain = self.drain
+        task: asyncio.Task[object] | None = None
         if surface is not None:
             metrics.IN_FLIGHT.inc()
         render = surface.error_body if surface is not None else None  # None: OpenAI's envelope
@@ -115,11 +123,26 @@ class RequestContextMiddleware:
                 ctx.runtime = self.holder.current
             if refused is not None:
                 raise refused
+            if surface is not None:
+                if drain.draining:
+                    raise drain.refusal()
+                task = drain.enter(ctx)
             await self.app(scope, receive, send_with_id)
         except ProxyError as exc:
             if not response_started:
-                ctx.fail(exc.status, exc.type, exc.message)
-                await send_error(send_with_id, _in_envelope(exc, render))
+                await _send_proxy_error(ctx, render, send_with_id, exc)
+        except asyncio.CancelledError:
+            if not ctx.shut_down or task is None or task.uncancel() > 0:
+                raise
+            # cut by the shutdown before a stream's relay could end it (which then logs it itself)
+            cut = drain.cut_error()
+            if ctx.usage is None and ctx.upstream_started is not None and surface is not None and surface.generative:
+                ctx.usage = Usage(prompt_tokens=estimate_prompt_tokens(ctx.body), completion_tokens=0)
+                ctx.metadata["usage_estimated"] = True  # the prompt was sent: charged, like a disconnect
+            if response_started:
+                ctx.fail(cut.status, cut.type, cut.message)
+            else:
+                await _send_proxy_error(ctx, render, send_with_id, cut)
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             ctx.fail(500, "server_error", "internal error")
@@ -127,6 +150,8 @@ class RequestContextMiddleware:
                 error = ProxyError(500, "The server had an error while processing your request.", type="server_error")
                 await send_error(send_with_id, _in_envelope(error, render))
         finally:
+            if task is not None:
+                drain.leave(task)
             if surface is not None:
                 metrics.IN_FLIGHT.dec()
                 ctx.finished_at = time.perf_counter()
@@ -134,3 +159,9 @@ class RequestContextMiddleware:
                     self.finish(ctx)
                 except Exception:  # logging must never turn a served request into a failure
                     logger.exception("could not record request %s", request_id)
+
+
+async def _send_proxy_error(ctx: RequestContext, render: ErrorBody | None, send: Send, exc: ProxyError) -> None:
+    """Record ``exc`` for the request log and answer it in the surface's error envelope."""
+    ctx.fail(exc.status, exc.type, exc.message)
+    await send_error(send, _in_envelope(exc, render))

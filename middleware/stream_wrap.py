@@ -70,7 +70,7 @@ class _Watch:
     __slots__ = ("ctx", "receive", "send", "task", "loop", "watcher", "cut", "streaming", "over")
 
     def __init__(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
+        task = ctx.task if ctx.task is not None else asyncio.current_task()  # the outermost stage looked it up
         assert task is not None
         self.ctx, self.receive, self.send, self.task = ctx, receive, send, task
         self.loop = task.get_loop()

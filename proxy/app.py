@@ -66,7 +66,8 @@ def middleware_stack(
     limits: Limiter = limiter if limiter is not None else RateLimiter()
     spend: Ledger = ledger if ledger is not None else SpendLedger(holder.current.config.database.path)
     return [
-        Middleware(RequestContextMiddleware, holder=snapshots, finish=finish),  # request id, errors, request log
+        Middleware(RequestContextMiddleware, holder=snapshots, finish=finish,  # request id, errors, request log
+                   drain=holder.services.drain),  # and the requests in flight, for a graceful shutdown
         Middleware(AuthMiddleware),  # client key → identity
         Middleware(AliasMiddleware),  # body parsed once; alias → model
         Middleware(GroupRoutingMiddleware, classify=classify),  # model (or group) → candidate targets
@@ -205,5 +206,6 @@ def create_app(config: str | Path | Config | None = None, *, source: str | Path 
         lifespan=lifespan,
     )
     app.state.runtime_holder = holder
+    app.state.drain = holder.services.drain  # what `llm-proxy serve` drains on SIGTERM (core/drain.py)
     app.state.client_keys, app.state.rate_limiter, app.state.spend_ledger = database_keys, limiter, ledger
     return app

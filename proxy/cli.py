@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import sys
 from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from llm_proxy.core.config import ConfigError, default_config_path
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from llm_proxy.core.drain import Drain
 
 __all__ = ["main"]
 
@@ -24,6 +32,52 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_CLOSE_WAIT = 5  # s uvicorn waits, once the gateway has drained, for what is left (admin, health) before cancelling
+
+
+def _graceful_server(config: uvicorn.Config, drain: Drain, grace: float) -> uvicorn.Server:
+    """uvicorn's server, except that SIGTERM/SIGINT drains the gateway before uvicorn closes.
+
+    uvicorn closes its listener at once and, after its timeout, cancels what is left: a load
+    balancer sees refused connections instead of a readiness that turns false, and a cut
+    stream ends silently (logged as a success, a traceback each). Here the first signal starts
+    ``Drain.shutdown`` (new API requests refused, /health not ready, the requests in flight
+    get ``grace`` seconds, then the rest end with an error event); a second signal ends the
+    grace at once; only when the drain is done is the signal handed to uvicorn."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        draining: asyncio.Task[None] | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.started or self.should_exit:  # starting, or already closing: uvicorn's own handling
+                super().handle_exit(sig, frame)
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the serving loop
+                super().handle_exit(sig, frame)
+                return
+            loop.call_soon_threadsafe(self._on_signal, sig)
+
+        def _on_signal(self, sig: int) -> None:
+            if self.draining is None:
+                self.draining = asyncio.create_task(self._drain(sig))
+            else:
+                logger.info("second signal: ending the shutdown grace now")
+                drain.hurry()
+
+        async def _drain(self, sig: int) -> None:
+            try:
+                await drain.shutdown(grace)
+            except Exception:
+                logger.exception("graceful shutdown failed; closing now")
+            finally:
+                super().handle_exit(sig, None)
+
+    return Server(config)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -53,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     proxies = list(config.server.forwarded_allow_ips)
     if proxies:
         logger.info("trusting X-Forwarded-For and X-Forwarded-Proto from %s", ", ".join(proxies))
-    uvicorn.run(
+    server = _graceful_server(uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -62,12 +116,16 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
         timeout_keep_alive=config.server.keep_alive_timeout,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=_CLOSE_WAIT,
         # h11 only (httptools has no such limit): what it buffers of a request head. Above the app's
         # own header limit, so an over-long head is the app's 431; h11's answer to this one is a 400.
         h11_max_incomplete_event_size=int(config.server.max_header_kb * 1024) + _HEAD_SLACK,
-    )
-    return 0
+    ), app.state.drain, config.server.shutdown_grace)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # a signal uvicorn re-raises once it has closed (as uvicorn.run does)
+        pass
+    return 0 if server.started else 3  # 3: uvicorn's startup failure
 
 
 def _check(args: argparse.Namespace) -> int:

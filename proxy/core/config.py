@@ -76,7 +76,9 @@ class ServerConfig:
     believes (addresses, networks, or ``*``); none by default, so a client cannot pick the address
     login throttling counts. ``keep_alive_timeout``: seconds ``llm-proxy serve`` keeps an idle
     client connection open; longer than clients keep theirs pooled (httpx and the OpenAI SDK 5 s,
-    load balancers 60 s), so a client never sends on a connection the gateway is closing."""
+    load balancers 60 s), so a client never sends on a connection the gateway is closing.
+    ``shutdown_grace``: seconds the requests in flight get to finish after SIGTERM before the rest
+    are ended with an error (``core/drain.py``)."""
 
     host: str = "0.0.0.0"
     port: int = 8080
@@ -87,6 +89,7 @@ class ServerConfig:
     max_header_kb: float = 64.0  # request headers, names + values summed; larger is 431
     max_headers: int = 100  # request header lines; more is 431
     keep_alive_timeout: int = 75
+    shutdown_grace: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +580,8 @@ def check_values(config: Config, errors: list[str]) -> None:
     server = config.server
     if isinstance(server, ServerConfig) and _is_number(server.port) and server.port > 65535:
         add("server.port", "must be at most 65535")
+    if isinstance(server, ServerConfig) and _is_number(server.shutdown_grace) and server.shutdown_grace < 0:
+        add("server.shutdown_grace", "must be at least 0")
     if isinstance(server, ServerConfig) and isinstance(server.forwarded_allow_ips, tuple):
         _check_proxies(server.forwarded_allow_ips, add)
     if isinstance(server, ServerConfig):

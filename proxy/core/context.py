@@ -8,6 +8,7 @@ feeds one.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -73,6 +74,8 @@ class RequestContext:
     upstream_request_id: str | None = None
     response_started: bool = False  # set by the outermost layer as the response's head goes out
     disconnected: bool = False
+    shut_down: bool = False  # still in flight when the shutdown grace ended: cut on purpose (core/drain.py)
+    task: asyncio.Task[object] | None = None  # the task serving it: what a disconnect or the shutdown cancels
 
     # timings (perf_counter seconds)
     upstream_started: float | None = None

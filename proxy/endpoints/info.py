@@ -60,7 +60,8 @@ def _final(aliases: Mapping[str, str], name: str) -> str:
 
 
 def health(holder: RuntimeHolder) -> ASGIApp:
-    """``/health``: liveness and readiness in one answer; 503 when no provider is usable.
+    """``/health``: liveness and readiness in one answer; 503 when no provider is usable, and as
+    soon as a shutdown begins (load balancers stop sending while the streams in flight finish).
 
     It needs no key, so it shows states only (a provider enabled or disabled, breakers not
     closed), never an error's text or a reason: those may carry what an upstream said about
@@ -74,9 +75,10 @@ def health(holder: RuntimeHolder) -> ASGIApp:
             open_breakers = runtime.routes.learned.breaker_states(name)
             if open_breakers:
                 info["breakers"] = open_breakers
-        ready = holder.started and any(p.enabled for p in runtime.upstreams.providers.values())
+        draining = holder.services.drain.draining
+        ready = holder.started and not draining and any(p.enabled for p in runtime.upstreams.providers.values())
         body = {
-            "status": "ok" if ready else "unavailable",
+            "status": "ok" if ready else "shutting_down" if draining else "unavailable",
             "live": True,
             "ready": ready,
             "providers": providers,

@@ -4,7 +4,8 @@
 latency and capacity window, the provider key pools (``RoutingState``) and each provider's
 last success and error (``ProviderHealth``). Every build takes it from the snapshot that
 serves, for what kept its definition; the holder hands the new snapshot's state back with
-``keep`` once it serves, so a build that is refused leaves nothing behind.
+``keep`` once it serves, so a build that is refused leaves nothing behind. ``Drain`` tracks
+the API requests in flight, for a graceful shutdown (``core/drain.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_proxy.access.key_lookup import DatabaseKeys
+from llm_proxy.core.drain import Drain
 from llm_proxy.routing.learned import RoutingState
 from llm_proxy.runtime.provider import Fingerprint, ProviderHealth
 from llm_proxy.runtime.snapshot import Runtime
@@ -43,3 +45,4 @@ class Learned:
 class Services:
     learned: Learned = field(default_factory=Learned)
     database_keys: DatabaseKeys | None = None  # the database's client keys, behind the config's own
+    drain: Drain = field(default_factory=Drain)  # requests in flight, and whether new ones are taken

@@ -5,7 +5,9 @@ One loop per stream: hand each upstream chunk to a relay, forward what it return
 stream-wrap layer cancels this task) — and fill in usage from what was received when the
 upstream never sent its own. A failure after the first byte cannot change the HTTP status
 any more, so it ends the stream with an error event in the client's format instead of a
-silent or truncated 200.
+silent or truncated 200. So does the end of the shutdown grace: the stream's task is
+cancelled with its context marked ``shut_down`` (``core/drain.py``), and the relay ends it
+with the client format's error event, logged as 503 ``shutdown`` — no check per chunk.
 
 Two relays: ``PassthroughRelay`` (OpenAI-compatible upstream, OpenAI client: bytes go
 through) and ``ChunkRelay`` (any other pairing: a decoder turns upstream bytes into OpenAI
@@ -25,6 +27,7 @@ from starlette.types import Send
 
 from llm_proxy.core import metrics
 from llm_proxy.core.context import RequestContext, Usage
+from llm_proxy.core.drain import CUT_MESSAGE, SHUTDOWN_TYPE
 from llm_proxy.core.jsontypes import JSONObject
 from llm_proxy.core.sse import SSEDecoder, encode_event
 from llm_proxy.core.tokens import estimate_prompt_tokens
@@ -50,6 +53,8 @@ __all__ = [
 
 _DONE = b"data: [DONE]\n\n"
 _SSE = (b"content-type", b"text/event-stream; charset=utf-8")
+_LAST_WRITE = 2.0  # s a stream cut by the shutdown gets to write its error event (a client may not read)
+_SHUTDOWN_EVENT: JSONObject = {"message": CUT_MESSAGE, "type": SHUTDOWN_TYPE, "param": None, "code": "shutting_down"}
 
 
 ErrorEvent: TypeAlias = Callable[[JSONObject], bytes]
@@ -305,6 +310,7 @@ async def relay_stream(ctx: RequestContext, up: Upstream, send: Send, relay: Rel
     response: httpx.Response = up.response
     assert up.chunks is not None
     failure: str | None = None
+    shut_down = False
     try:
         async with asyncio.timeout_at(up.deadline):
             body = relay.feed(up.first)
@@ -326,6 +332,12 @@ async def relay_stream(ctx: RequestContext, up: Upstream, send: Send, relay: Rel
             metrics.UPSTREAM_ERRORS.labels(provider.name, "stream_interrupted").inc()
     except (httpx.HTTPError, TimeoutError) as exc:  # counted by transport_error
         failure = transport_error(ctx, provider, exc).message
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not ctx.shut_down or task is None or task.uncancel() > 0:
+            raise  # the client left (stream-wrap logs it) or the server cancels: not ours to end
+        shut_down = True
+        failure = CUT_MESSAGE
     finally:
         await response.aclose()
         ctx.upstream_elapsed = time.perf_counter() - (ctx.upstream_started or ctx.started)
@@ -337,6 +349,15 @@ async def relay_stream(ctx: RequestContext, up: Upstream, send: Send, relay: Rel
             ctx.metadata["usage_estimated"] = True
     if failure is None:
         provider.record_ok()
+    elif shut_down:  # not the provider's fault: nothing counted against it
+        ctx.fail(503, SHUTDOWN_TYPE, CUT_MESSAGE)
+        try:
+            async with asyncio.timeout(_LAST_WRITE):
+                await send({"type": "http.response.body", "body": relay.failure(_SHUTDOWN_EVENT), "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            pass  # a client that does not read: the server closes its connection
+        return
     elif relay.error is None:
         ctx.fail(502, "upstream_stream_interrupted", failure)
         error = {"message": f"Stream interrupted: {failure}", "type": "upstream_error",
