@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from llm_proxy.core.drain import Drain
+    from llm_proxy.runtime.connections import ConnectionGuard
 
 __all__ = ["main"]
 
@@ -37,7 +38,7 @@ def _is_loopback(host: str) -> bool:
 _CLOSE_WAIT = 5  # s uvicorn waits, once the gateway has drained, for what is left (admin, health) before cancelling
 
 
-def _graceful_server(config: uvicorn.Config, drain: Drain, grace: float) -> uvicorn.Server:
+def _graceful_server(config: uvicorn.Config, guard: ConnectionGuard, drain: Drain, grace: float) -> uvicorn.Server:
     """uvicorn's server, except that SIGTERM/SIGINT drains the gateway before uvicorn closes.
 
     uvicorn closes its listener at once and, after its timeout, cancels what is left: a load
@@ -46,9 +47,9 @@ def _graceful_server(config: uvicorn.Config, drain: Drain, grace: float) -> uvic
     ``Drain.shutdown`` (new API requests refused, /health not ready, the requests in flight
     get ``grace`` seconds, then the rest end with an error event); a second signal ends the
     grace at once; only when the drain is done is the signal handed to uvicorn."""
-    import uvicorn
+    from llm_proxy.runtime.connections import GuardedServer
 
-    class Server(uvicorn.Server):
+    class Server(GuardedServer):
         draining: asyncio.Task[None] | None = None
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -77,14 +78,18 @@ def _graceful_server(config: uvicorn.Config, drain: Drain, grace: float) -> uvic
             finally:
                 super().handle_exit(sig, None)
 
-    return Server(config)
+    return Server(config, guard)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from llm_proxy.app import create_app
     from llm_proxy.runtime.build import check_config
+    from llm_proxy.runtime.connections import (
+        ConnectionGuard,
+        default_limits,
+        guarded_config,
+        raise_open_file_limit,
+    )
     from llm_proxy.runtime.holder import RuntimeHolder
 
     source = args.config or default_config_path()
@@ -107,8 +112,17 @@ def _serve(args: argparse.Namespace) -> int:
     proxies = list(config.server.forwarded_allow_ips)
     if proxies:
         logger.info("trusting X-Forwarded-For and X-Forwarded-Proto from %s", ", ".join(proxies))
-    server = _graceful_server(uvicorn.Config(
+    open_files, hard = raise_open_file_limit()
+    max_connections, accept_batch = default_limits(open_files)
+    max_connections = config.server.max_connections or max_connections
+    guard = ConnectionGuard(header_timeout=config.server.header_timeout, body_timeout=config.server.body_timeout,
+                            max_connections=max_connections)
+    logger.info("open-file limit %d (hard %d): at most %d client connections, request head within %gs, body within %gs",
+                open_files, hard, max_connections, guard.header_timeout, guard.body_timeout)
+    server = _graceful_server(guarded_config(
         app,
+        guard=guard,
+        accept_batch=accept_batch,
         host=host,
         port=port,
         log_level=config.server.log_level,
@@ -120,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         # h11 only (httptools has no such limit): what it buffers of a request head. Above the app's
         # own header limit, so an over-long head is the app's 431; h11's answer to this one is a 400.
         h11_max_incomplete_event_size=int(config.server.max_header_kb * 1024) + _HEAD_SLACK,
-    ), app.state.drain, config.server.shutdown_grace)
+    ), guard, app.state.drain, config.server.shutdown_grace)
     try:
         server.run()
     except KeyboardInterrupt:  # a signal uvicorn re-raises once it has closed (as uvicorn.run does)

@@ -304,7 +304,17 @@ def test_serve_tells_h11_to_buffer_a_request_head_a_little_over_the_header_limit
     from llm_proxy.cli import main
 
     given: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: given.update(options))
+    real_init = uvicorn.Config.__init__
+
+    def capture(self: uvicorn.Config, app: Any, **options: Any) -> None:
+        given.update(options)
+        real_init(self, app, **options)
+
+    def started(self: uvicorn.Server, sockets: Any = None) -> None:  # serve nothing: only the options matter
+        self.started = True
+
+    monkeypatch.setattr(uvicorn.Config, "__init__", capture)
+    monkeypatch.setattr(uvicorn.Server, "run", started)
     config = good_config(host="127.0.0.1", max_header_kb=8)
     config["database"] = {"path": str(tmp_path / "gw.db")}
     assert main(["serve", "--config", str(write_config(tmp_path, config))]) == 0

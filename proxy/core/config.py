@@ -78,7 +78,12 @@ class ServerConfig:
     client connection open; longer than clients keep theirs pooled (httpx and the OpenAI SDK 5 s,
     load balancers 60 s), so a client never sends on a connection the gateway is closing.
     ``shutdown_grace``: seconds the requests in flight get to finish after SIGTERM before the rest
-    are ended with an error (``core/drain.py``)."""
+    are ended with an error (``core/drain.py``).
+
+    ``header_timeout``/``body_timeout`` (seconds): how long a connection may take to send a
+    request head, and a request its body, before it is closed (408); ``max_connections``: open
+    client connections at most (``null``: derived from the open-file limit), beyond which the
+    longest-waiting idle connection is closed, or the new one answered 503 when none is idle."""
 
     host: str = "0.0.0.0"
     port: int = 8080
@@ -90,6 +95,9 @@ class ServerConfig:
     max_headers: int = 100  # request header lines; more is 431
     keep_alive_timeout: int = 75
     shutdown_grace: float = 30.0
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,6 +599,7 @@ def check_values(config: Config, errors: list[str]) -> None:
             add("server.max_headers", "must be at least 1")
         if _is_number(server.keep_alive_timeout) and server.keep_alive_timeout < 1:
             add("server.keep_alive_timeout", "must be at least 1")
+        _check_connection_limits(server, add)
     for name, p in config.providers.items():
         if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
             add(f"providers.{name}", "provider names use lowercase letters, digits, '-', '_' or '.'")
@@ -627,6 +636,15 @@ def check_values(config: Config, errors: list[str]) -> None:
                 break
             seen.append(target)
             target = aliases[target]
+
+
+def _check_connection_limits(server: ServerConfig, add: Callable[[str, str], None]) -> None:
+    for key in ("header_timeout", "body_timeout"):
+        value = getattr(server, key)
+        if _is_number(value) and value <= 0:
+            add(f"server.{key}", "must be greater than 0")
+    if _is_number(server.max_connections) and server.max_connections < 1:
+        add("server.max_connections", "must be at least 1")
 
 
 def _check_proxies(entries: tuple[str, ...], add: Callable[[str, str], None]) -> None:

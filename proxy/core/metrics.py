@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 
 __all__ = [
     "BREAKER_STATE",
+    "CONNECTIONS_SHED",
     "IN_FLIGHT",
     "LOG_DROPPED",
     "LOG_QUEUE_DEPTH",
@@ -37,6 +38,11 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 UPSTREAM_ERRORS = Counter(
     "llm_proxy_upstream_errors", "Failures talking to an upstream provider.", ["provider", "type"]
+)
+CONNECTIONS_SHED = Counter(
+    "llm_proxy_connections_shed",
+    "Client connections closed or refused by the server: header_timeout, body_timeout, evicted, over_capacity.",
+    ["reason"],
 )
 IN_FLIGHT = Gauge("llm_proxy_requests_in_flight", "Requests being handled right now.")
 LOG_QUEUE_DEPTH = Gauge("llm_proxy_log_queue_depth", "Request-log rows waiting to be written.")
