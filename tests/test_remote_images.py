@@ -21,7 +21,7 @@ import pytest
 
 from llm_proxy.core.config import ImagesConfig
 from llm_proxy.core.errors import ProxyError
-from llm_proxy.upstream.remote_images import MAX_IMAGES, ImageFetcher, _forbidden
+from llm_proxy.upstream.remote_images import MAX_IMAGES, ImageFetcher, _Budget, _forbidden
 from llm_proxy.upstream.transport import AiohttpTransport
 
 # a real 1x1 transparent PNG
@@ -353,6 +353,60 @@ def test_inline_images_concurrency_bounded(server: Server) -> None:
     body = _body(*({"type": "image_url", "image_url": server.url(f"/paced.png?{i}")} for i in range(10)))
     assert run(ALLOW_LOCAL, lambda f: f.inline_images(body)) == 10
     assert 1 < server.max_in_flight <= 4
+
+
+def test_concurrent_fetches_bounded_across_requests(server: Server) -> None:
+    config = ImagesConfig(allowed_hosts=("127.0.0.1",), max_concurrent_fetches=2, fetch_timeout=5)
+
+    async def two_requests(fetcher: ImageFetcher) -> list[int]:
+        bodies = [_body(*({"type": "image_url", "image_url": server.url(f"/paced.png?{r}-{i}")} for i in range(4)))
+                  for r in range(2)]
+        return list(await asyncio.gather(*(fetcher.inline_images(b) for b in bodies)))
+
+    assert run(config, two_requests) == [4, 4]
+    assert server.max_in_flight == 2  # gateway-wide, though each request may run 4
+
+
+def test_byte_budget_given_back(server: Server) -> None:
+    config = ImagesConfig(allowed_hosts=("127.0.0.1",), max_total_mb=0.0001, max_inflight_mb=0.0001)
+
+    async def sequential(fetcher: ImageFetcher) -> int:
+        total = 0
+        for r in range(3):  # each request takes the whole budget; it must be given back each time
+            total += await fetcher.inline_images(_body({"type": "image_url", "image_url": server.url(f"/x.png?{r}")}))
+        assert fetcher._budget.used == 0
+        return total
+
+    assert run(config, sequential) == 3
+
+
+def test_budget_waits_in_order_and_survives_cancellation() -> None:
+    async def main() -> None:
+        budget = _Budget(10)
+        await budget.take(8)
+        first = asyncio.create_task(budget.take(5))
+        second = asyncio.create_task(budget.take(1))  # would fit, but waits its turn behind first
+        cancelled = asyncio.create_task(budget.take(2))
+        await asyncio.sleep(0)
+        assert not first.done() and not second.done()
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        budget.give(8)
+        await asyncio.wait_for(asyncio.gather(first, second), 1)
+        assert budget.used == 6  # the cancelled taker holds nothing
+        budget.give(6)
+        assert budget.used == 0
+
+    asyncio.run(main())
+
+
+def test_total_cap_is_413(server: Server) -> None:
+    config = ImagesConfig(allowed_hosts=("127.0.0.1",), max_total_mb=0.0001)  # 104 bytes: one 1x1 PNG
+    body = _body(*({"type": "image_url", "image_url": server.url(f"/x.png?{i}")} for i in range(2)))
+    with pytest.raises(ProxyError) as info:
+        run(config, lambda f: f.inline_images(body))
+    assert (info.value.status, info.value.code) == (413, "images_too_large")
+    assert "images.max_total_mb" in info.value.message
 
 
 def test_inline_images_failure_is_400(server: Server) -> None:

@@ -270,7 +270,11 @@ class ImagesConfig:
     """Fetching remote image URLs for providers that need the bytes inline (Gemini, Ollama)."""
 
     fetch_timeout: float = 10.0
-    max_mb: float = 20.0
+    max_mb: float = 20.0  # one image
+    max_per_request: int = 16  # remote images in one request
+    max_total_mb: float = 20.0  # all of one request's images together (Gemini's inline-request cap)
+    max_concurrent_fetches: int = 16  # gateway-wide, across requests
+    max_inflight_mb: float = 64.0  # gateway-wide bytes fetched and held while inlining
     allow_private_networks: bool = False  # loopback, private, link-local and metadata addresses
     allowed_hosts: tuple[str, ...] = ()  # exact host names allowed even if private
 

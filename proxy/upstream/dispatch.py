@@ -28,6 +28,7 @@ from llm_proxy.routing import pipeline
 from llm_proxy.runtime.provider import ProviderRuntime
 from llm_proxy.runtime.snapshot import runtime_of
 from llm_proxy.upstream.exchange import open_upstream, transport_error
+from llm_proxy.upstream.remote_images import BudgetExhausted
 
 __all__ = [
     "Upstream",
@@ -107,7 +108,10 @@ async def send_chat_to(ctx: RequestContext, target: Deployment) -> Upstream:
             wire.chat_shape.check(ctx.body)
         fetcher = runtime.upstreams.image_fetcher
         if wire.needs_inline_images and fetcher is not None:
-            await fetcher.inline_images(ctx.body)
+            try:
+                await fetcher.inline_images(ctx.body)
+            except BudgetExhausted as busy:  # the gateway's own limit: no verdict on this deployment
+                raise pipeline.CannotServe(busy) from None
         limits = runtime.pricing.catalog.limits(target.model, provider.catalog_id)
         try:
             call = wire.build_chat(

@@ -7,8 +7,16 @@ credentials, and no host resolving to loopback, private, link-local, multicast, 
 metadata addresses unless the operator allowed it (``allow_private_networks``/``allowed_hosts``).
 
 Every failure is a 400 (``invalid_request_error``): the client sent a URL the gateway could not
-use, timeouts included (a 504 would blame an upstream and invite a retry of the same URL).
-Messages name the reason, never the response body or the address a name resolved to.
+use, timeouts included (a 504 would blame an upstream and invite a retry of the same URL); a
+request whose images together pass ``max_total_mb`` is a 413. Messages name the reason (and
+the limit), never the response body or the address a name resolved to.
+
+Memory: an image is base64-encoded as its chunks arrive (a multiple of 3 bytes at a time) into
+pieces joined once into the ``data:`` URL, so its raw bytes are never held whole. What one
+request may hold is capped (``max_per_request``, ``max_total_mb``, checked against
+Content-Length before reading and against the bytes as they arrive), and what all requests
+fetch at once is bounded gateway-wide (``max_concurrent_fetches``, ``max_inflight_mb``): a
+fetch waits for room, within its ``fetch_timeout``.
 
 A ``data:`` URL the client sent inline is held to the same rules as a fetched image before it
 is forwarded: an ``image/*`` type, a body within ``images.max_mb``, and, when it says
@@ -20,8 +28,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ctypes
+import ctypes.util
 import ipaddress
 import socket
+from collections import deque
+from collections.abc import Callable
 
 import httpx
 
@@ -29,9 +41,9 @@ from llm_proxy.core.config import ImagesConfig
 from llm_proxy.core.errors import ProxyError
 from llm_proxy.core.jsontypes import JSONObject
 
-__all__ = ["MAX_IMAGES", "MAX_REDIRECTS", "ImageFetcher"]
+__all__ = ["MAX_IMAGES", "MAX_REDIRECTS", "BudgetExhausted", "ImageFetcher"]
 
-MAX_IMAGES = 16  # remote images per request
+MAX_IMAGES = ImagesConfig().max_per_request  # the default per-request count cap
 MAX_REDIRECTS = 3
 CONCURRENCY = 4  # fetches in flight per request
 _BASE64_SLICE = 1 << 16  # characters of a data: URL decoded at a time to check it (a multiple of 4)
@@ -45,8 +57,79 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _HEADERS = {"accept": "image/*", "accept-encoding": "identity", "user-agent": "llm-proxy-image-fetch"}
 
 
-def _error(message: str, code: str = "invalid_image_url") -> ProxyError:
-    return ProxyError(400, message, type="invalid_request_error", code=code)
+def _error(message: str, code: str = "invalid_image_url", status: int = 400) -> ProxyError:
+    return ProxyError(status, message, type="invalid_request_error", code=code)
+
+
+class BudgetExhausted(ProxyError):
+    """The gateway-wide image budget stayed full for a whole ``fetch_timeout``: not the client's
+    URL, not the deployment's fault (dispatch lets another deployment try)."""
+
+
+class _Budget:
+    """Bytes of fetched image data held gateway-wide; takers wait, first come first served.
+
+    ``give`` is synchronous so a cancelled request still returns what it held."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def take(self, n: int) -> None:
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, waiter))
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give(n)  # granted just as it was cancelled
+            else:
+                self._waiters.remove((n, waiter))
+                self._wake()
+            raise
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            n, waiter = self._waiters[0]
+            if not waiter.done():
+                if self.used + n > self.limit:
+                    return
+                self.used += n
+                waiter.set_result(None)
+            self._waiters.popleft()
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+    return trim
+
+
+_malloc_trim = _load_trim()
+
+
+class _Tally:
+    """One request's image bytes: counted against ``max_total_mb``, held from the budget."""
+
+    __slots__ = ("held", "total", "waiting")
+
+    def __init__(self) -> None:
+        self.total = 0  # bytes read (or announced by Content-Length) for this request
+        self.held = 0  # bytes taken from the gateway budget, given back when inlining ends
+        # fetches (tasks) of this request waiting on the gateway's limits: a timeout there is the
+        # gateway's, not the URL's
+        self.waiting: set[asyncio.Task[object] | None] = set()
 
 
 def _forbidden(ip: _Address) -> str | None:
@@ -121,10 +204,18 @@ class ImageFetcher:
         self._owns_transport = transport is None
         self._allowed = frozenset(h.lower().rstrip(".") for h in config.allowed_hosts)
         self._max_bytes = int(config.max_mb * 1024 * 1024)
+        self._max_total = int(config.max_total_mb * 1024 * 1024)
         self._timeouts = httpx.Timeout(config.fetch_timeout).as_dict()
+        # shared by every request on this fetcher; never smaller than what one request may hold
+        self._fetches = asyncio.Semaphore(max(1, config.max_concurrent_fetches))
+        self._budget = _Budget(max(int(config.max_inflight_mb * 1024 * 1024), self._max_total, 1))
+        self._trim: asyncio.TimerHandle | None = None
 
     async def aclose(self) -> None:
         """Close the transport if this fetcher created it."""
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         transport, self._transport = self._transport, None
         if transport is not None and self._owns_transport:
             await transport.aclose()
@@ -170,11 +261,35 @@ class ImageFetcher:
                 raise _error(f"image URL host {host} points to {reason}, which is not allowed")
 
     async def fetch(self, url: str) -> tuple[str, bytes]:
-        """GET an image, following at most ``MAX_REDIRECTS`` checked redirects: (mime type, bytes)."""
+        """GET an image: (mime type, bytes). Tools and tests; inlining uses ``fetch_data_url``."""
+        tally = _Tally()
+        try:
+            data_url = await self.fetch_data_url(url, tally)
+        finally:
+            self._budget.give(tally.held)
+        header, _, payload = data_url.partition(",")
+        return header[5:].split(";", 1)[0], base64.b64decode(payload)
+
+    async def fetch_data_url(self, url: str, tally: _Tally) -> str:
+        """GET an image, following at most ``MAX_REDIRECTS`` checked redirects, as a ``data:`` URL.
+
+        Bytes it reads are added to ``tally`` and taken from the gateway budget; the caller
+        gives ``tally.held`` back."""
+        task = asyncio.current_task()
         try:
             async with asyncio.timeout(self.config.fetch_timeout):
-                return await self._fetch(url)
+                tally.waiting.add(task)
+                async with self._fetches:
+                    tally.waiting.discard(task)
+                    return await self._fetch(url, tally)
         except (TimeoutError, httpx.TimeoutException):
+            if task in tally.waiting:
+                raise BudgetExhausted(
+                    503, f"the gateway is fetching too many images at once (images.max_concurrent_fetches="
+                    f"{self.config.max_concurrent_fetches}, images.max_inflight_mb={self.config.max_inflight_mb:g});"
+                    " retry shortly", type="server_error", code="image_budget_exhausted",
+                    headers={"retry-after": "1"},
+                ) from None
             raise _error(
                 f"image URL timed out after {self.config.fetch_timeout:g}s", "image_fetch_timeout"
             ) from None
@@ -183,7 +298,7 @@ class ImageFetcher:
                 f"image URL could not be fetched ({type(exc).__name__})", "image_fetch_failed"
             ) from None
 
-    async def _fetch(self, raw_url: str) -> tuple[str, bytes]:
+    async def _fetch(self, raw_url: str, tally: _Tally) -> str:
         try:
             url = httpx.URL(raw_url)
         except httpx.InvalidURL:
@@ -201,12 +316,12 @@ class ImageFetcher:
                     except httpx.InvalidURL:
                         raise _error("image URL redirected to an invalid URL") from None
                     continue
-                return await self._read(response)
+                return await self._read(response, tally)
             finally:
                 await response.aclose()
         raise _error(f"image URL redirected more than {MAX_REDIRECTS} times")
 
-    async def _read(self, response: httpx.Response) -> tuple[str, bytes]:
+    async def _read(self, response: httpx.Response, tally: _Tally) -> str:
         if not 200 <= response.status_code < 300:
             raise _error(f"image URL answered HTTP {response.status_code}")
         mime = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -215,27 +330,75 @@ class ImageFetcher:
         # we asked for identity; decoding here would let a small gzip body blow past the cap
         if response.headers.get("content-encoding", "identity").lower() != "identity":
             raise _error("image URL returned a compressed (content-encoding) body")
-        too_big = _error(f"image is larger than the {self.config.max_mb:g} MB limit")
+        too_big = _error(f"image is larger than the {self.config.max_mb:g} MB limit (images.max_mb)")
         length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self._max_bytes:
+        announced = int(length) if length.isdigit() else 0
+        if announced > self._max_bytes:
             raise too_big
-        chunks: list[bytes] = []
+        self._count(tally, announced)  # refused before reading when it cannot fit
+        pieces = [f"data:{mime};base64,"]
+        carry = b""  # < 3 bytes left over: base64 is encoded 3 bytes at a time
         size = 0
         async for chunk in response.stream:  # type: ignore[union-attr]
             size += len(chunk)
             if size > self._max_bytes:
                 raise too_big  # the caller's aclose() drops the half-read connection
-            chunks.append(chunk)
+            if size > announced:
+                self._count(tally, min(len(chunk), size - announced))
+            await self._hold(tally, len(chunk))
+            data = carry + chunk if carry else chunk
+            cut = len(data) - len(data) % 3
+            if cut:
+                pieces.append(binascii.b2a_base64(memoryview(data)[:cut], newline=False).decode("ascii"))
+            carry = data[cut:]
         if not size:
             raise _error("image URL returned an empty body")
-        return mime, b"".join(chunks)
+        if carry:
+            pieces.append(binascii.b2a_base64(carry, newline=False).decode("ascii"))
+        return "".join(pieces)  # the one copy of the whole image kept; the pieces go now
+
+    def _count(self, tally: _Tally, n: int) -> None:
+        tally.total += n
+        if tally.total > self._max_total:
+            raise _error(
+                f"the request's images add up to more than the {self.config.max_total_mb:g} MB limit"
+                " per request (images.max_total_mb)", "images_too_large", 413,
+            )
+
+    async def _hold(self, tally: _Tally, n: int) -> None:
+        """Take ``n`` bytes from the gateway budget: what is read and encoded is held (x 4/3 as
+        base64) until the request's inlining ends."""
+        task = asyncio.current_task()
+        tally.waiting.add(task)
+        await self._budget.take(n)
+        tally.waiting.discard(task)
+        tally.held += n
+
+    def _trim_later(self) -> None:
+        """Give freed heap pages back to the OS once image requests have gone quiet for a second.
+
+        Megabytes of base64 pass through the body, its translation and its serialisation;
+        glibc keeps what they freed inside its heap (fragmented between live blocks), so RSS
+        would stay at the peak. ``malloc_trim`` releases those pages; it runs only after
+        requests that inlined images, a second after the last one (a few ms of work)."""
+        if _malloc_trim is None:
+            return
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(1.0, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
     async def inline_images(self, body: JSONObject) -> int:
         """Replace every http(s) ``image_url`` in ``body["messages"]`` with a ``data:`` URL, and
         check every ``data:`` URL the client sent (an image, valid base64, within the size cap).
 
         Returns how many parts were inlined. Same URL twice is fetched once. Up to
-        ``CONCURRENCY`` fetches run at once; more than ``MAX_IMAGES`` remote images is a 400.
+        ``CONCURRENCY`` fetches run at once (and ``max_concurrent_fetches`` across requests);
+        more than ``max_per_request`` remote images is a 400, more than ``max_total_mb`` a 413.
         """
         parts: list[tuple[JSONObject, str]] = []  # (part, url)
         messages = body.get("messages")
@@ -255,20 +418,27 @@ class ImageFetcher:
                     _check_data_url(url, self._max_bytes, self.config.max_mb, where)
         if not parts:
             return 0
-        if len(parts) > MAX_IMAGES:
-            raise _error(f"{len(parts)} remote images; at most {MAX_IMAGES} per request", "too_many_images")
+        most = self.config.max_per_request
+        if len(parts) > most:
+            raise _error(
+                f"{len(parts)} remote images; at most {most} per request (images.max_per_request)", "too_many_images"
+            )
         limit = asyncio.Semaphore(CONCURRENCY)
+        tally = _Tally()
 
         async def one(url: str) -> str:
             async with limit:
-                mime, data = await self.fetch(url)
-            return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+                return await self.fetch_data_url(url, tally)
 
         try:
             async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
                 tasks = {url: group.create_task(one(url)) for url in dict.fromkeys(u for _, u in parts)}
         except* ProxyError as failed:
             raise failed.exceptions[0] from None
+        finally:
+            self._budget.give(tally.held)
+            if tally.held:
+                self._trim_later()
         for part, url in parts:
             data_url = tasks[url].result()
             if isinstance(part["image_url"], dict):
