@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISH_REASONS",
+    "TranslatedFormat",
     "KEEP_HEADERS",
     "Chunk",
     "EmbeddingsCodec",
@@ -272,3 +273,31 @@ class WireFormat:
         keep = {name: headers[name] for name in KEEP_HEADERS if name in headers}
         err = self.parse_error(status, data)
         return ProxyError(err.status, err.message, type=err.type, code=err.code, headers=keep)
+
+
+class TranslatedFormat(WireFormat):
+    """A format translated through chat by its module's pure functions: the methods only hand
+    over to them, so each format module names its functions once instead of wrapping each."""
+
+    def __init__(self, *, auth: Callable[[str], dict[str, str]],
+                 build: Callable[..., UpstreamCall],
+                 parse: Callable[[bytes | JSONObject, str], Translated],
+                 decoder: Callable[[str], StreamDecoder],
+                 error: Callable[[int, bytes], UpstreamError]) -> None:
+        self._auth, self._build, self._parse, self._decoder, self._error = auth, build, parse, decoder, error
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return self._auth(api_key)
+
+    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
+                   max_output_tokens: int | None) -> UpstreamCall:
+        return self._build(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
+
+    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
+        return self._parse(data, model)
+
+    def stream_decoder(self, model: str) -> StreamDecoder:
+        return self._decoder(model)
+
+    def parse_error(self, status: int, data: bytes) -> UpstreamError:
+        return self._error(status, data)

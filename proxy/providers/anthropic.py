@@ -17,9 +17,8 @@ from llm_proxy.core.sse import SSEEvent
 from llm_proxy.core.wire import (
     Chunk,
     Translated,
-    UpstreamCall,
+    TranslatedFormat,
     UpstreamError,
-    WireFormat,
     bad_upstream,
     loads_or_none,
 )
@@ -234,7 +233,7 @@ def parse_error(status: int, data: bytes | str | JSONObject) -> UpstreamError:
     return UpstreamError(status, e["message"], e["type"], "invalid_api_key" if key_refused else e["code"])
 
 
-class AnthropicFormat(WireFormat):
+class AnthropicFormat(TranslatedFormat):
     """Anthropic Messages: chat translated; the Messages surface passes through as bytes."""
 
     name = "anthropic"
@@ -242,21 +241,6 @@ class AnthropicFormat(WireFormat):
     passthrough_surface = "messages"
     chat_shape = CHAT_SHAPE
 
-    def auth_headers(self, api_key: str) -> dict[str, str]:
-        return auth_headers(api_key)
 
-    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
-                   max_output_tokens: int | None) -> UpstreamCall:
-        return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
-
-    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
-        return parse_response(data, model)
-
-    def stream_decoder(self, model: str) -> StreamDecoder:
-        return StreamDecoder(model)
-
-    def parse_error(self, status: int, data: bytes) -> UpstreamError:
-        return parse_error(status, data)
-
-
-FORMAT = AnthropicFormat()
+FORMAT = AnthropicFormat(auth=auth_headers, build=build_request, parse=parse_response,
+                         decoder=StreamDecoder, error=parse_error)

@@ -25,9 +25,9 @@ from llm_proxy.core.sse import SSEEvent
 from llm_proxy.core.wire import (
     Chunk,
     Translated,
+    TranslatedFormat,
     UpstreamCall,
     UpstreamError,
-    WireFormat,
     bad_upstream,
     loads_or_none,
     rename_params,
@@ -404,7 +404,7 @@ def parse_error(status: int, data: bytes | JSONObject) -> UpstreamError:
     return _error(f"Gemini returned HTTP {status}" + (f": {text}" if text else ""), status)
 
 
-class GeminiFormat(WireFormat):
+class GeminiFormat(TranslatedFormat):
     """Google Gemini ``generateContent``: chat translated, embeddings and Imagen translated too;
     remote images are fetched first (Gemini takes only inline bytes)."""
 
@@ -415,21 +415,6 @@ class GeminiFormat(WireFormat):
     embeddings = gemini_media.EMBEDDINGS
     images = gemini_media.IMAGES
 
-    def auth_headers(self, api_key: str) -> dict[str, str]:
-        return auth_headers(api_key)
 
-    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
-                   max_output_tokens: int | None) -> UpstreamCall:
-        return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
-
-    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
-        return parse_response(data, model)
-
-    def stream_decoder(self, model: str) -> StreamDecoder:
-        return StreamDecoder(model)
-
-    def parse_error(self, status: int, data: bytes) -> UpstreamError:
-        return parse_error(status, data)
-
-
-FORMAT = GeminiFormat()
+FORMAT = GeminiFormat(auth=auth_headers, build=build_request, parse=parse_response,
+                      decoder=StreamDecoder, error=parse_error)

@@ -26,9 +26,9 @@ from llm_proxy.core.wire import (
     EmbeddingsCodec,
     ModelDiscovery,
     Translated,
+    TranslatedFormat,
     UpstreamCall,
     UpstreamError,
-    WireFormat,
     bad_upstream,
     loads_or_none,
     rename_params,
@@ -353,7 +353,7 @@ class OllamaEmbeddings(EmbeddingsCodec):
         return Embedded(embedding_list(found, model, encoding, tokens), Usage(prompt_tokens=tokens), estimated)
 
 
-class OllamaFormat(WireFormat):
+class OllamaFormat(TranslatedFormat):
     """Ollama's native ``/api/chat`` (NDJSON streams) and ``/api/embed``; remote images are fetched
     first (Ollama takes only base64); a provider listing no models serves what ``/api/tags`` lists."""
 
@@ -364,21 +364,6 @@ class OllamaFormat(WireFormat):
     embeddings = OllamaEmbeddings()
     discovery = ModelDiscovery("/api/tags", parse_tags)
 
-    def auth_headers(self, api_key: str) -> dict[str, str]:
-        return auth_headers(api_key)
 
-    def build_chat(self, body: JSONObject, model: str, *, api_key: str, stream: bool,
-                   max_output_tokens: int | None) -> UpstreamCall:
-        return build_request(body, model, api_key=api_key, stream=stream, max_output_tokens=max_output_tokens)
-
-    def parse_chat(self, data: bytes | JSONObject, model: str) -> Translated:
-        return parse_response(data, model)
-
-    def stream_decoder(self, model: str) -> StreamDecoder:
-        return StreamDecoder(model)
-
-    def parse_error(self, status: int, data: bytes) -> UpstreamError:
-        return parse_error(status, data)
-
-
-FORMAT = OllamaFormat()
+FORMAT = OllamaFormat(auth=auth_headers, build=build_request, parse=parse_response,
+                      decoder=StreamDecoder, error=parse_error)
